@@ -1,0 +1,1 @@
+"""client: classify documents and benchmark a running server over gRPC or HTTP."""

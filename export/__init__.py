@@ -1,0 +1,1 @@
+"""export: checkpoint -> verified ONNX files -> Triton model repository."""

@@ -1,0 +1,1 @@
+"""server: start and supervise a real tritonserver on a model repository."""
