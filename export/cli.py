@@ -1,0 +1,109 @@
+"""`longdoc export`: a checkpoint (or preset) -> verified ONNX files in a model repository."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HEAD_CHOICES = ("logits-mean", "logits-max", "mean-pool", "transformer")
+
+EPILOG = """examples:
+  longdoc export --checkpoint ./my-finetuned-bert --head logits-mean --output model_repository
+  longdoc export --checkpoint ./bert-encoder --head transformer --random-head --output /tmp/repo
+  longdoc export --preset bert-large-uncased --precision fp16 --profile gpu --output /models
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help="export a checkpoint to ONNX and fill a Triton model repository",
+        description=(
+            "Convert a fine-tuned BERT checkpoint (or a preset architecture with random "
+            "weights) and its pooling head to ONNX, at the chosen precision, write the Triton "
+            "model repository for a serving profile, and check the ONNX pipeline against "
+            "PyTorch on real documents (non-zero exit past tolerance)."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path, help="Hugging Face checkpoint directory")
+    src.add_argument(
+        "--preset", choices=("bert-large-uncased", "bert-base-uncased", "tiny"),
+        help="architecture with seeded random weights (latency work, tests)",
+    )  # fmt: skip
+    p.add_argument("--output", type=Path, required=True, help="model repository to write")
+    p.add_argument(
+        "--head", choices=HEAD_CHOICES, type=_head,
+        help="pooling head (default: from head.json, else logits-mean for a classifier)",
+    )  # fmt: skip
+    p.add_argument("--random-head", action="store_true", help="seeded random pooling head")
+    p.add_argument("--num-labels", type=int, default=2, help="labels of a random head/preset")
+    p.add_argument("--seed", type=int, default=0, help="seed of random weights")
+    p.add_argument("--tokenizer", type=Path, help="directory with tokenizer.json")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
+    p.add_argument("--profile", choices=("portable", "cpu", "gpu"), default="portable")
+    p.add_argument("--tensorrt", action="store_true", help="gpu profile: TensorRT FP16 engines")
+    g = p.add_argument_group("chunking (must match how the model was fine-tuned)")
+    g.add_argument("--max-length", type=int, help="window length in tokens (default 512)")
+    g.add_argument("--overlap", type=int, help="tokens shared by neighbours (default 128)")
+    g.add_argument("--max-chunks", type=int, help="windows per document (default 64)")
+    g.add_argument("--overflow", choices=("error", "head", "head_tail"))
+    g.add_argument("--strategy", choices=("fixed", "balanced"))
+    g.add_argument("--max-bytes", type=int, help="largest accepted document in bytes")
+    s = p.add_argument_group("serving")
+    s.add_argument("--max-batch-size", type=int, default=64, help="encoder chunks per batch")
+    s.add_argument("--queue-delay-us", type=int, default=2000)
+    s.add_argument("--chunker-instances", type=int, default=2)
+    s.add_argument("--encoder-instances", type=int, default=1)
+    s.add_argument("--ort-threads", type=int, default=0, help="onnxruntime threads (0: all)")
+    s.add_argument("--response-cache", action="store_true", help="cache repeated documents")
+    p.add_argument("--skip-parity", action="store_true", help="skip the parity report")
+    p.set_defaults(func=run)
+
+
+def _head(value: str) -> str:
+    if value not in HEAD_CHOICES:
+        raise argparse.ArgumentTypeError(
+            f"unknown head {value!r} (choose from {', '.join(HEAD_CHOICES)})"
+        )
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    from export.pipeline import ExportSpec
+    from export.pipeline import run as run_export
+    from export.repository import ServingOptions
+
+    chunking = {
+        key: value
+        for key, value in {
+            "max_length": args.max_length, "overlap": args.overlap,
+            "max_chunks": args.max_chunks, "overflow": args.overflow,
+            "strategy": args.strategy, "max_bytes": args.max_bytes,
+        }.items()
+        if value is not None
+    }  # fmt: skip
+    if args.tensorrt and args.profile != "gpu":
+        print("longdoc export: error: --tensorrt needs --profile gpu", file=sys.stderr)
+        return 2
+    serving = ServingOptions(
+        max_batch_size=args.max_batch_size, queue_delay_us=args.queue_delay_us,
+        chunker_instances=args.chunker_instances, encoder_instances=args.encoder_instances,
+        ort_threads=args.ort_threads, tensorrt=args.tensorrt, response_cache=args.response_cache,
+    )  # fmt: skip
+    spec = ExportSpec(
+        output=args.output, checkpoint=args.checkpoint, preset=args.preset, head=args.head,
+        precision=args.precision, profile=args.profile, random_head=args.random_head,
+        num_labels=args.num_labels, seed=args.seed, tokenizer=args.tokenizer, chunking=chunking,
+        serving=serving, skip_parity=args.skip_parity,
+    )  # fmt: skip
+    try:
+        report = run_export(spec, log=lambda msg: print(msg, file=sys.stderr))
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"longdoc export: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output} ({report['precision']}, profile {report['profile']})")
+    return 0

@@ -1,0 +1,95 @@
+"""FP32 graph -> the served encoder: fused FP32, FP16 (FP32 I/O) or dynamic INT8.
+
+* ``fp32``: ONNX Runtime's transformer optimizer (fused Attention, SkipLayerNormalization,
+  BiasGelu); measured 1.6x faster than the plain graph on CPU (DESIGN.md).
+* ``fp16``: the same fused graph, then ``convert_float_to_float16(keep_io_types=True)``:
+  clients and the aggregator keep FP32 tensors; the GPU does FP16 math.
+* ``int8``: the fused graph, then ``quantize_dynamic`` (weights INT8, activations quantized
+  on the fly), the fastest CPU option.
+* ``plain``: no fusion, for TensorRT (it cannot run ORT's fused contrib ops) and debugging.
+
+optimum's ``ORTOptimizer``/``ORTQuantizer`` wrap these same ORT functions but want an
+optimum model object and its config; our graphs are custom, so we call ORT directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import onnx
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+# Ops kept in FP32 inside the FP16 graph. The masked mean over up to 512 token states and
+# the final division are sums of many terms: FP32 keeps them from losing precision.
+FP16_OP_BLOCK_LIST = ["ReduceSum", "Div", "Clip", "Softmax"]
+
+
+def fuse(src: Path, dst: Path, num_heads: int, hidden_size: int, fp16: bool = False) -> Path:
+    """Run ORT's BERT optimizer (and optionally FP16 conversion) from ``src`` to ``dst``."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.WARNING)
+    optimized = optimize_model(
+        str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
+        opt_level=1, use_gpu=fp16,
+    )  # fmt: skip
+    if fp16:
+        optimized.convert_float_to_float16(keep_io_types=True, op_block_list=FP16_OP_BLOCK_LIST)
+    optimized.save_model_to_file(str(dst))
+    return dst
+
+
+def quantize_int8(src: Path, dst: Path) -> Path:
+    """Dynamic INT8 quantization of the encoder layers' MatMul/Attention weights.
+
+    The pooler and classifier stay FP32: they are a sliver of the compute and sit right
+    before the logits, where quantization error is not averaged away.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load(str(src), load_external_data=False)
+    keep_fp32 = [n.name for n in model.graph.node if "pooler" in n.name or "classifier" in n.name]
+    quantize_dynamic(
+        str(src), str(dst), weight_type=QuantType.QInt8, nodes_to_exclude=keep_fp32,
+        # the fused graph has contrib ops without type info: default them to FP32
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )  # fmt: skip
+    return dst
+
+
+def convert(
+    plain: Path, dst: Path, precision: str, num_heads: int, hidden_size: int, fused: bool = True
+) -> Path:
+    """The served encoder at ``precision`` from the plain FP32 export."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS} (got {precision!r})")
+    if not fused:
+        if precision == "int8":
+            return quantize_int8(plain, dst)
+        # TensorRT builds FP16 engines itself from the plain FP32 graph (precision_mode).
+        shutil.copy(plain, dst)
+        return dst
+    if precision == "int8":
+        fused_path = dst.with_name("fused_fp32.onnx")
+        fuse(plain, fused_path, num_heads, hidden_size)
+        quantize_int8(fused_path, dst)
+        fused_path.unlink()
+        return dst
+    return fuse(plain, dst, num_heads, hidden_size, fp16=precision == "fp16")
+
+
+def describe(path: Path) -> dict:
+    """Sizes and types worth recording: weight dtypes, op counts of the fused kinds."""
+    model = onnx.load(str(path), load_external_data=False)
+    dtypes: dict[str, int] = {}
+    for init in model.graph.initializer:
+        name = onnx.TensorProto.DataType.Name(init.data_type)
+        dtypes[name] = dtypes.get(name, 0) + 1
+    ops: dict[str, int] = {}
+    for node in model.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    fused = {k: ops[k] for k in ("Attention", "SkipLayerNormalization", "BiasGelu") if k in ops}
+    return {"bytes": path.stat().st_size, "initializer_dtypes": dtypes, "fused_ops": fused}

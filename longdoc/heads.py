@@ -1,0 +1,172 @@
+"""The PyTorch halves of the model: a per-chunk encoder and a pooling head across chunks.
+
+Served as two ONNX graphs (the `encoder` and `aggregator` Triton models):
+
+* ``ChunkEncoder``: ``input_ids, attention_mask [N, S] -> chunk vectors [N, D]``; chunk logits
+  (D = labels) for the ``logits-*`` heads, masked mean of the last hidden states (D = hidden)
+  for ``mean-pool`` and ``transformer``.
+* an aggregator: ``vectors [B, C, D], chunk_mask [B, C] -> logits [B, L], chunk_logits
+  [B, C, L]``. The document's logits are the mean (max for ``logits-max``) of its valid
+  chunk logits, so a user can see which passage drove the decision.
+
+Padding never changes a result: padded tokens are excluded from the token mean, padded
+chunks from the chunk mean/max and from the transformer's attention.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+HEADS = ("logits-mean", "logits-max", "mean-pool", "transformer")
+LOGIT_HEADS = ("logits-mean", "logits-max")
+
+
+def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over dim 1 of ``states [B, T, H]`` where ``mask [B, T]`` is 1."""
+    weights = mask.to(states.dtype).unsqueeze(-1)
+    total = (states * weights).sum(dim=1)
+    count = weights.sum(dim=1).clamp(min=1.0)
+    return total / count
+
+
+class ChunkEncoder(nn.Module):
+    """BERT over one batch of windows -> one vector per window."""
+
+    def __init__(self, bert: nn.Module, pooling: str) -> None:
+        super().__init__()
+        if pooling not in ("logits", "mean"):
+            raise ValueError(f"pooling must be 'logits' or 'mean' (got {pooling!r})")
+        self.bert = bert
+        self.pooling = pooling
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        token_type_ids = torch.zeros_like(input_ids)
+        out = self.bert(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        )
+        if self.pooling == "logits":
+            return out.logits
+        return masked_mean(out.last_hidden_state, attention_mask)
+
+
+class LogitsPool(nn.Module):
+    """Chunk logits come from the encoder; the document takes their mean or max."""
+
+    def __init__(self, reduce: str) -> None:
+        super().__init__()
+        if reduce not in ("mean", "max"):
+            raise ValueError(f"reduce must be 'mean' or 'max' (got {reduce!r})")
+        self.reduce = reduce
+
+    def forward(self, vectors: torch.Tensor, chunk_mask: torch.Tensor):
+        chunk_logits = vectors
+        if self.reduce == "mean":
+            return masked_mean(chunk_logits, chunk_mask), chunk_logits
+        fill = torch.finfo(chunk_logits.dtype).min
+        masked = chunk_logits.masked_fill(chunk_mask.unsqueeze(-1) == 0, fill)
+        return masked.max(dim=1).values, chunk_logits
+
+
+class MeanPoolHead(nn.Module):
+    """Mean of chunk embeddings, then a linear classifier (= mean of per-chunk logits)."""
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, vectors: torch.Tensor, chunk_mask: torch.Tensor):
+        chunk_logits = self.classifier(self.dropout(vectors))
+        return masked_mean(chunk_logits, chunk_mask), chunk_logits
+
+
+class ChunkTransformerLayer(nn.Module):
+    """A post-norm transformer encoder layer, written out so ONNX export sees plain ops
+    (``nn.TransformerEncoderLayer`` takes a fused fast path in eval mode)."""
+
+    def __init__(self, d_model: int, num_heads: int, ffn: int, dropout: float) -> None:
+        super().__init__()
+        if d_model % num_heads:
+            raise ValueError(f"hidden size {d_model} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.ffn = nn.Sequential(nn.Linear(d_model, ffn), nn.GELU(), nn.Linear(ffn, d_model))
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, chunk_mask: torch.Tensor) -> torch.Tensor:
+        b, c, d = x.shape
+        h = self.num_heads
+        q, k, v = self.qkv(x).view(b, c, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d // h)  # [B, h, C, C]
+        pad = (chunk_mask == 0).view(b, 1, 1, c)
+        scores = scores.masked_fill(pad, torch.finfo(scores.dtype).min)
+        attended = (scores.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, c, d)
+        x = self.norm1(x + self.dropout(self.out(attended)))
+        return self.norm2(x + self.dropout(self.ffn(x)))
+
+
+class TransformerHead(nn.Module):
+    """Chunk embeddings + chunk-position embeddings -> small transformer (padding masked)
+    -> per-chunk logits; the document's logits are their masked mean."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_labels: int,
+        layers: int = 2,
+        num_heads: int = 4,
+        ffn: int | None = None,
+        max_positions: int = 256,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.max_positions = max_positions
+        self.position = nn.Embedding(max_positions, hidden_size)
+        self.layers = nn.ModuleList(
+            ChunkTransformerLayer(hidden_size, num_heads, ffn or 2 * hidden_size, dropout)
+            for _ in range(layers)
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, vectors: torch.Tensor, chunk_mask: torch.Tensor):
+        positions = torch.arange(vectors.shape[1], device=vectors.device)
+        x = vectors + self.position(positions).unsqueeze(0)
+        for layer in self.layers:
+            x = layer(x, chunk_mask)
+        chunk_logits = self.classifier(self.dropout(x))
+        return masked_mean(chunk_logits, chunk_mask), chunk_logits
+
+
+def make_aggregator(head: str, hidden_size: int, num_labels: int, **options) -> nn.Module:
+    """The aggregator module for a head name (options: transformer sizes)."""
+    if head == "logits-mean":
+        return LogitsPool("mean")
+    if head == "logits-max":
+        return LogitsPool("max")
+    if head == "mean-pool":
+        return MeanPoolHead(hidden_size, num_labels)
+    if head == "transformer":
+        return TransformerHead(hidden_size, num_labels, **options)
+    raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+
+
+class SingleDocumentAggregator(nn.Module):
+    """The served form of an aggregator: one document's ``[C, D]`` chunk vectors in,
+    ``LOGITS [L]``, ``PROBABILITIES [L]``, ``CHUNK_LOGITS [C, L]`` out."""
+
+    def __init__(self, aggregator: nn.Module) -> None:
+        super().__init__()
+        self.aggregator = aggregator
+
+    def forward(self, chunk_vectors: torch.Tensor):
+        vectors = chunk_vectors.unsqueeze(0)
+        mask = torch.ones(vectors.shape[:2], dtype=torch.int64, device=vectors.device)
+        logits, chunk_logits = self.aggregator(vectors, mask)
+        return logits[0], logits[0].softmax(dim=-1), chunk_logits[0]

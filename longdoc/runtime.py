@@ -1,0 +1,116 @@
+"""Running the exported ONNX files in-process with onnxruntime.
+
+Three users, one code path: the `portable` profile's Triton models (encoder and aggregator
+run here inside the Python backend), the export parity report, and the benchmark's
+in-process baseline (the ceiling for the server on the same files).
+
+Repository layout read here (written by `longdoc export`):
+``chunker/1/{tokenizer.json,chunking.json}``, ``encoder/1/model.onnx``,
+``aggregator/1/model.onnx``, ``labels.txt``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from longdoc.chunking import ChunkingConfig, Chunks, chunk_text, load_tokenizer
+from longdoc.reference import DocumentResult
+
+ENCODER_INPUTS = ("input_ids", "attention_mask")
+ENCODER_OUTPUT = "chunk_vectors"
+AGGREGATOR_INPUT = "chunk_vectors"
+AGGREGATOR_OUTPUTS = ("LOGITS", "PROBABILITIES", "CHUNK_LOGITS")
+
+
+def make_session(
+    path: str | Path, threads: int | None = None, providers: list[str] | None = None
+) -> ort.InferenceSession:
+    """An onnxruntime session; ``threads`` caps intra-op threads (0/None: all cores)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    threads = threads if threads is not None else int(os.environ.get("LONGDOC_ORT_THREADS", 0))
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+
+
+def read_labels(path: str | Path) -> list[str]:
+    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+class OnnxPipeline:
+    """chunk -> encoder (batched) -> aggregator, over a model repository's files."""
+
+    def __init__(
+        self, repository: str | Path, threads: int | None = None, max_batch: int = 64
+    ) -> None:
+        repo = Path(repository)
+        self.tokenizer = load_tokenizer(repo / "chunker" / "1" / "tokenizer.json")
+        self.chunking = ChunkingConfig.load(repo / "chunker" / "1" / "chunking.json")
+        self.labels = read_labels(repo / "document_classifier" / "labels.txt")
+        self.encoder = make_session(repo / "encoder" / "1" / "model.onnx", threads)
+        self.aggregator = make_session(repo / "aggregator" / "1" / "model.onnx", threads)
+        self.max_batch = max_batch
+
+    def chunk(self, text: str) -> Chunks:
+        return chunk_text(text, self.tokenizer, self.chunking)
+
+    def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Chunk vectors for ``[N, S]`` windows, at most ``max_batch`` per call."""
+        parts = []
+        for i in range(0, len(input_ids), self.max_batch):
+            feeds = {
+                "input_ids": input_ids[i : i + self.max_batch],
+                "attention_mask": attention_mask[i : i + self.max_batch],
+            }
+            parts.append(self.encoder.run([ENCODER_OUTPUT], feeds)[0])
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+    def aggregate(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        logits, probabilities, chunk_logits = self.aggregator.run(
+            list(AGGREGATOR_OUTPUTS), {AGGREGATOR_INPUT: vectors.astype(np.float32)}
+        )
+        return logits, probabilities, chunk_logits
+
+    def classify(self, texts: list[str]) -> list[DocumentResult]:
+        results = []
+        for text in texts:
+            chunks = self.chunk(text)
+            vectors = self.encode(chunks.input_ids, chunks.attention_mask)
+            logits, probabilities, chunk_logits = self.aggregate(vectors)
+            results.append(DocumentResult(logits, probabilities, chunk_logits, chunks.spans))
+        return results
+
+    def classify_batched(self, texts: list[str]) -> list[DocumentResult]:
+        """Like the server: windows of all documents with the same length share encoder
+        calls (what Triton's dynamic batcher does), then each document is aggregated."""
+        chunked = [self.chunk(text) for text in texts]
+        vectors: list[np.ndarray | None] = [None] * len(chunked)
+        by_len: dict[int, list[int]] = {}
+        for index, chunks in enumerate(chunked):
+            by_len.setdefault(chunks.seq_len, []).append(index)
+        for indices in by_len.values():
+            ids = np.concatenate([chunked[i].input_ids for i in indices])
+            mask = np.concatenate([chunked[i].attention_mask for i in indices])
+            out = self.encode(ids, mask)
+            offset = 0
+            for i in indices:
+                vectors[i] = out[offset : offset + chunked[i].num_chunks]
+                offset += chunked[i].num_chunks
+        results = []
+        for chunks, vec in zip(chunked, vectors, strict=True):
+            logits, probabilities, chunk_logits = self.aggregate(vec)
+            results.append(DocumentResult(logits, probabilities, chunk_logits, chunks.spans))
+        return results
+
+
+def export_metadata(repository: str | Path) -> dict:
+    """The export report written next to the model files (precision, head, parity...)."""
+    path = Path(repository) / "export_report.json"
+    return json.loads(path.read_text()) if path.is_file() else {}

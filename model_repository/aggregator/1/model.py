@@ -1,0 +1,37 @@
+"""Triton Python backend (`portable` profile): the ONNX pooling head through onnxruntime.
+
+One document per request: chunk vectors [n_chunks, D] -> LOGITS, PROBABILITIES, CHUNK_LOGITS.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from longdoc.runtime import AGGREGATOR_INPUT, AGGREGATOR_OUTPUTS, make_session
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        here = Path(args["model_repository"]) / args["model_version"]
+        onnx_file = config.get("parameters", {}).get("onnx_file", {}).get("string_value")
+        self.session = make_session(here / (onnx_file or "model.onnx"), threads=1)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            vectors = pb_utils.get_input_tensor_by_name(request, AGGREGATOR_INPUT).as_numpy()
+            outputs = self.session.run(
+                list(AGGREGATOR_OUTPUTS), {AGGREGATOR_INPUT: vectors.astype(np.float32)}
+            )
+            responses.append(
+                pb_utils.InferenceResponse(
+                    output_tensors=[
+                        pb_utils.Tensor(name, value.astype(np.float32))
+                        for name, value in zip(AGGREGATOR_OUTPUTS, outputs)
+                    ]
+                )
+            )
+        return responses

@@ -1,0 +1,53 @@
+"""Triton Python backend: UTF-8 text -> BERT windows, via the one chunking module.
+
+Reads `tokenizer.json` and `chunking.json` from its own version directory (written by
+`longdoc export`). Each bad request (empty, invalid UTF-8, over the byte limit, over
+max_chunks) gets its own INVALID_ARG error; the others in the same batch still succeed.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from longdoc.chunking import ChunkingConfig, ChunkingError, chunk_text, decode_utf8, load_tokenizer
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        here = Path(args["model_repository"]) / args["model_version"]
+        self.tokenizer = load_tokenizer(here / "tokenizer.json")
+        self.cfg = ChunkingConfig.load(here / "chunking.json")
+        self.model_name = json.loads(args["model_config"])["name"]
+
+    def _one(self, request):
+        text = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy()
+        if text.size != 1:
+            raise ChunkingError(f"TEXT must hold exactly one document (got {text.size})")
+        raw = text.reshape(-1)[0]
+        data = raw if isinstance(raw, bytes) else str(raw).encode("utf-8")
+        chunks = chunk_text(decode_utf8(data, self.cfg.max_bytes), self.tokenizer, self.cfg)
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor("input_ids", chunks.input_ids),
+                pb_utils.Tensor("attention_mask", chunks.attention_mask),
+                pb_utils.Tensor("CHUNK_SPANS", chunks.spans),
+                pb_utils.Tensor("NUM_CHUNKS", np.array([chunks.num_chunks], dtype=np.int32)),
+            ]
+        )
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self._one(request))
+            except ChunkingError as exc:
+                error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(error=error))
+            except Exception as exc:  # never let one document take the others down
+                error = pb_utils.TritonError(
+                    f"chunker failed: {exc}", pb_utils.TritonError.INTERNAL
+                )
+                responses.append(pb_utils.InferenceResponse(error=error))
+        return responses
