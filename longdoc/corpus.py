@@ -12,6 +12,7 @@ import importlib
 import inspect
 import random
 import re
+import warnings
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -45,9 +46,11 @@ def paragraphs() -> tuple[str, ...]:
         for attr in sorted(vars(module)):
             if attr.startswith("_"):
                 continue
-            obj = getattr(module, attr)
-            if inspect.isclass(obj) or inspect.isfunction(obj):
-                docs.append(inspect.getdoc(obj) or "")
+            with warnings.catch_warnings():  # deprecated aliases warn on access
+                warnings.simplefilter("ignore")
+                obj = getattr(module, attr)
+                if inspect.isclass(obj) or inspect.isfunction(obj):
+                    docs.append(inspect.getdoc(obj) or "")
         for doc in docs:
             for para in _clean(doc).split("\n\n"):
                 para = para.strip()

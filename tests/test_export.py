@@ -1,0 +1,144 @@
+"""Export + parity for every head at FP32 and FP16 (INT8 too) on a tiny random model and on
+the real all-MiniLM-L6-v2 weights; the CLI's errors for bad arguments."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export.parity import TOLERANCES
+from longdoc import corpus
+from longdoc.chunking import ChunkingConfig, chunk_text, load_tokenizer
+from longdoc.heads import HEADS
+from longdoc.runtime import OnnxPipeline
+
+
+def assert_passed(report: dict, precision: str) -> None:
+    parity = report["parity"]
+    assert parity["passed"], parity
+    assert parity["max_abs_logits"] <= TOLERANCES[precision]
+    assert max(parity["chunks"]) >= 10 and min(parity["chunks"]) == 1
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("head", HEADS)
+def test_tiny_export_parity(export_repo, head, precision):
+    repo, report = export_repo(preset="tiny", head=head, precision=precision)
+    assert_passed(report, precision)
+    for name in ("encoder", "aggregator"):
+        onnx.checker.check_model(str(repo / name / "1" / "model.onnx"))
+    assert (repo / "chunker" / "1" / "tokenizer.json").is_file()
+    assert ChunkingConfig.load(repo / "chunker" / "1" / "chunking.json") == ChunkingConfig()
+    labels = (repo / "document_classifier" / "labels.txt").read_text().split()
+    assert labels == ["LABEL_0", "LABEL_1", "LABEL_2"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("head", ["mean-pool", "transformer"])
+def test_minilm_pooled_heads_parity(export_repo, minilm, head, precision):
+    _, report = export_repo(checkpoint=minilm, head=head, precision=precision, random_head=True)
+    assert_passed(report, precision)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+@pytest.mark.parametrize("head", ["logits-mean", "logits-max"])
+def test_minilm_classifier_parity(export_repo, classifier_checkpoint, head, precision):
+    repo, report = export_repo(checkpoint=classifier_checkpoint, head=head, precision=precision)
+    assert_passed(report, precision)
+    assert report["labels"] == ["contract", "filing", "report"]
+    if precision == "fp16":
+        weights = {k for k in report["encoder"]["initializer_dtypes"]}
+        assert "FLOAT16" in weights
+        assert report["encoder"]["fused_ops"]["Attention"] == 6
+
+
+def test_onnx_matches_hugging_face_on_every_window(export_repo, classifier_checkpoint):
+    """Done-when of the export issue: ONNX == the HF model itself, window by window."""
+    from transformers import BertForSequenceClassification
+
+    repo, _ = export_repo(checkpoint=classifier_checkpoint, head="logits-mean")
+    hf = BertForSequenceClassification.from_pretrained(classifier_checkpoint).eval()
+    tokenizer = load_tokenizer(classifier_checkpoint)
+    text = corpus.document(6000, seed=11)
+    chunks = chunk_text(text, tokenizer, ChunkingConfig())
+    assert chunks.num_chunks >= 20
+    pipeline = OnnxPipeline(repo)
+    onnx_logits = pipeline.encode(chunks.input_ids, chunks.attention_mask)
+    for row in range(chunks.num_chunks):
+        width = int(chunks.attention_mask[row].sum())
+        ids = torch.from_numpy(chunks.input_ids[row : row + 1, :width])
+        with torch.no_grad():
+            expected = hf(input_ids=ids).logits[0].numpy()  # unpadded, HF's own forward
+        np.testing.assert_allclose(onnx_logits[row], expected, atol=1e-4)
+    result = pipeline.classify([text])[0]
+    np.testing.assert_allclose(result.logits, onnx_logits.mean(0), atol=1e-5)
+
+
+def test_head_file_roundtrip(tmp_path, minilm):
+    """Format 2: a BertModel directory plus head.json + head.safetensors."""
+    import shutil
+
+    from longdoc.checkpoint import load_checkpoint, save_head
+    from longdoc.reference import classify
+
+    model = load_checkpoint(minilm, "transformer", random_head=True, num_labels=4, seed=5)
+    ckpt = tmp_path / "encoder_with_head"
+    shutil.copytree(minilm, ckpt)
+    save_head(model, ckpt)
+    spec = json.loads((ckpt / "head.json").read_text())
+    assert spec["head"] == "transformer" and len(spec["labels"]) == 4
+    loaded = load_checkpoint(ckpt)  # head type read from head.json
+    texts = corpus.documents([400], seed=2)
+    a, b = classify(model, texts)[0], classify(loaded, texts)[0]
+    np.testing.assert_allclose(a.logits, b.logits, atol=1e-6)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "longdoc.cli", "export", *args],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_cli_missing_checkpoint(tmp_path):
+    result = run_cli("--checkpoint", str(tmp_path / "nope"), "--output", str(tmp_path / "o"))
+    assert result.returncode != 0
+    assert "does not exist" in result.stderr
+
+
+def test_cli_unknown_head(tmp_path):
+    result = run_cli("--preset", "tiny", "--head", "attention", "--output", str(tmp_path))
+    assert result.returncode == 2
+    assert "attention" in result.stderr and "logits-mean" in result.stderr
+
+
+def test_cli_overlap_not_below_window(tmp_path):
+    result = run_cli(
+        "--preset", "tiny", "--max-length", "128", "--overlap", "126", "--output", str(tmp_path)
+    )
+    assert result.returncode == 1
+    assert "overlap" in result.stderr
+
+
+def test_cli_bare_encoder_needs_head(tmp_path, minilm):
+    result = run_cli("--checkpoint", str(minilm), "--output", str(tmp_path))
+    assert result.returncode == 1
+    assert "bare encoder" in result.stderr
+
+
+def test_cli_export_end_to_end(tmp_path, classifier_checkpoint):
+    out = tmp_path / "repo"
+    result = run_cli(
+        "--checkpoint", str(classifier_checkpoint), "--head", "logits-mean",
+        "--precision", "fp32", "--output", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "PASS" in result.stderr
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["parity"]["passed"] and report["head"] == "logits-mean"

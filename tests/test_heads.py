@@ -1,0 +1,101 @@
+"""Each head's masking: padding tokens and padding chunks never change a result."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from longdoc.checkpoint import load_preset
+from longdoc.heads import HEADS, ChunkEncoder, SingleDocumentAggregator, make_aggregator
+
+H, L = 32, 3
+
+
+def aggregator(head: str):
+    torch.manual_seed(0)
+    options = {"layers": 2, "num_heads": 4, "max_positions": 16} if head == "transformer" else {}
+    return make_aggregator(head, H, L, **options).eval()
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_padding_chunks_do_not_change_logits(head):
+    agg = aggregator(head)
+    dim = L if head.startswith("logits") else H
+    torch.manual_seed(1)
+    real = torch.randn(1, 5, dim)
+    garbage = torch.randn(1, 3, dim) * 100
+    padded = torch.cat([real, garbage], dim=1)
+    mask = torch.tensor([[1] * 5 + [0] * 3])
+    with torch.no_grad():
+        alone, alone_chunks = agg(real, torch.ones(1, 5, dtype=torch.int64))
+        with_pad, pad_chunks = agg(padded, mask)
+    torch.testing.assert_close(alone, with_pad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(alone_chunks, pad_chunks[:, :5], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_document_logits_are_mean_or_max_of_chunk_logits(head):
+    agg = aggregator(head)
+    dim = L if head.startswith("logits") else H
+    vectors = torch.randn(2, 4, dim)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    with torch.no_grad():
+        logits, chunk_logits = agg(vectors, mask)
+    for b, n in enumerate((4, 2)):
+        rows = chunk_logits[b, :n]
+        expected = rows.max(0).values if head == "logits-max" else rows.mean(0)
+        torch.testing.assert_close(logits[b], expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_single_document_form_matches_batched(head):
+    agg = aggregator(head)
+    dim = L if head.startswith("logits") else H
+    vectors = torch.randn(6, dim)
+    with torch.no_grad():
+        logits, probs, chunk_logits = SingleDocumentAggregator(agg)(vectors)
+        batched, batched_chunks = agg(vectors[None], torch.ones(1, 6, dtype=torch.int64))
+    torch.testing.assert_close(logits, batched[0])
+    torch.testing.assert_close(probs, batched[0].softmax(-1))
+    torch.testing.assert_close(chunk_logits, batched_chunks[0])
+
+
+def test_transformer_head_uses_chunk_order():
+    agg = aggregator("transformer")
+    vectors = torch.randn(1, 4, H)
+    mask = torch.ones(1, 4, dtype=torch.int64)
+    with torch.no_grad():
+        forward, _ = agg(vectors, mask)
+        reversed_, _ = agg(vectors.flip(1), mask)
+    assert not torch.allclose(forward, reversed_)  # chunk-position embeddings matter
+
+
+@pytest.mark.parametrize("head", ["logits-mean", "mean-pool"])
+def test_padding_tokens_do_not_change_chunk_vectors(head):
+    model = load_preset("tiny", head, num_labels=L)
+    torch.manual_seed(2)
+    ids = torch.randint(1000, 5000, (2, 40))
+    mask = torch.ones_like(ids)
+    longer = torch.cat([ids, torch.randint(1000, 5000, (2, 24))], dim=1)
+    longer_mask = torch.cat([mask, torch.zeros(2, 24, dtype=torch.int64)], dim=1)
+    with torch.no_grad():
+        a = model.encoder(ids, mask)
+        b = model.encoder(longer, longer_mask)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_models_are_loaded_in_eval_mode():
+    model = load_preset("tiny", "transformer")
+    assert not model.encoder.training and not model.aggregator.training
+    ids = torch.randint(1000, 5000, (3, 20))
+    with torch.no_grad():
+        first = model.encoder(ids, torch.ones_like(ids))
+        second = model.encoder(ids, torch.ones_like(ids))
+    torch.testing.assert_close(first, second, atol=0, rtol=0)  # dropout is off
+
+
+def test_unknown_pooling_rejected():
+    with pytest.raises(ValueError):
+        ChunkEncoder(torch.nn.Identity(), "cls")
+    with pytest.raises(ValueError, match="unknown head"):
+        make_aggregator("attention", H, L)

@@ -1,0 +1,360 @@
+"""The server launcher and `longdoc serve`, against a real tritonserver and real clients.
+
+The model is `tests/fixtures/echo_repo/echo` (Python backend: TEXT -> its UTF-8 byte
+length), which also imports `longdoc`, so a passing test proves the launcher's
+environment lets model.py files see this project and this venv's numpy.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from server.launcher import (
+    ADMIN_HEADER,
+    ADMIN_KEY_ENV,
+    GRPC_ADMIN_HEADER,
+    ServerHandle,
+    ServerStartError,
+    find_tritonserver,
+    free_ports,
+    is_ready,
+    resolve_admin_key,
+    start_server,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+ROOT = Path(__file__).resolve().parents[1]
+ECHO_REPO = ROOT / "tests" / "fixtures" / "echo_repo"
+TEXT = "héllo, long document"  # 21 bytes in UTF-8
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    """One server for the read-only checks (startup costs seconds)."""
+    http, grpc, metrics = free_ports(3)
+    log = tmp_path_factory.mktemp("serve") / "triton.log"
+    handle = start_server(
+        ECHO_REPO,
+        http_port=http,
+        grpc_port=grpc,
+        metrics_port=metrics,
+        log_path=log,
+        response_cache_bytes=1 << 20,
+        ready_timeout=90,
+    )
+    with handle:
+        yield handle
+
+
+def _text_input(module, text: str = TEXT):
+    inp = module.InferInput("TEXT", [1], "BYTES")
+    inp.set_data_from_numpy(np.array([text.encode()], dtype=np.object_))
+    return inp
+
+
+def _echo_config(name: str) -> str:
+    """The echo model's config under another model name (Triton wants name == dir)."""
+    config = (ECHO_REPO / "echo" / "config.pbtxt").read_text()
+    return config.replace('name: "echo"', f'name: "{name}"')
+
+
+def test_find_tritonserver_prepares_stub_for_this_python() -> None:
+    binary = find_tritonserver()
+    assert os.access(binary, os.X_OK)
+    if shutil.which("tritonserver"):
+        pytest.skip("tritonserver on PATH is used as is")
+    stub = binary.parent.parent / "backends" / "python" / "triton_python_backend_stub"
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert stub.resolve().parent.name == py
+    assert find_tritonserver() == binary  # prepared once, then reused
+
+
+def test_ready_and_bound_to_loopback(server: ServerHandle) -> None:
+    assert server.is_alive()
+    assert server.http_url.startswith("127.0.0.1:")
+    assert is_ready(server.http_url)
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        assert client.is_model_ready("echo")
+    with urllib.request.urlopen(f"http://{server.metrics_url}/metrics", timeout=5) as resp:
+        assert b"nv_inference_request_success" in resp.read()
+    for url in (server.http_url, server.grpc_url, server.metrics_url):
+        port = int(url.rsplit(":", 1)[1])
+        addresses = _listen_addresses(port)
+        assert addresses, f"nothing listens on {port}"
+        assert all(not set(a) <= {"0"} for a in addresses), f"{port} bound to a wildcard"
+    log = server.log_path.read_text()
+    assert "Creating TritonCache with name: 'local'" in log  # response cache configured
+
+
+def _listen_addresses(port: int) -> list[str]:
+    """Hex local addresses of listening TCP sockets on `port` (all zeros = wildcard)."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for row in f.readlines()[1:]:
+                local, state = row.split()[1], row.split()[3]
+                address, hex_port = local.split(":")
+                if state == "0A" and int(hex_port, 16) == port:
+                    found.append(address)
+    return found
+
+
+def test_infer_over_http_and_grpc(server: ServerHandle) -> None:
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        result = client.infer("echo", [_text_input(httpclient)])
+        assert result.as_numpy("LENGTH").tolist() == [len(TEXT.encode())]
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        result = client.infer("echo", [_text_input(grpcclient, "abc")])
+        assert result.as_numpy("LENGTH").tolist() == [3]
+
+
+def test_admin_api_needs_key_over_http(server: ServerHandle) -> None:
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        _check_http_admin(client, server)
+
+
+def _check_http_admin(client: httpclient.InferenceServerClient, server: ServerHandle) -> None:
+    with pytest.raises(InferenceServerException, match=ADMIN_HEADER):
+        client.get_model_repository_index()  # POST /v2/repository/index
+    with pytest.raises(InferenceServerException, match=ADMIN_HEADER):
+        client.get_model_repository_index(headers={ADMIN_HEADER: "wrong-" + server.admin_key})
+    index = client.get_model_repository_index(headers=server.admin_headers)
+    assert [m["name"] for m in index] == ["echo"]
+    # Ordinary APIs stay open.
+    assert client.get_model_metadata("echo")["name"] == "echo"
+
+
+def test_admin_api_needs_key_over_grpc(server: ServerHandle) -> None:
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        _check_grpc_admin(client, server)
+
+
+def _check_grpc_admin(client: grpcclient.InferenceServerClient, server: ServerHandle) -> None:
+    with pytest.raises(InferenceServerException, match=GRPC_ADMIN_HEADER):
+        client.get_model_repository_index()
+    with pytest.raises(InferenceServerException, match=GRPC_ADMIN_HEADER):
+        client.get_model_repository_index(headers=server.admin_headers)  # HTTP name: no
+    index = client.get_model_repository_index(headers=server.grpc_admin_headers, as_json=True)
+    assert [m["name"] for m in index["models"]] == ["echo"]
+
+
+def test_generated_admin_key_file_is_private(server: ServerHandle) -> None:
+    assert server.admin_key_file is not None
+    assert server.admin_key_file.parent == server.log_path.parent
+    assert stat.S_IMODE(server.admin_key_file.stat().st_mode) == 0o600
+    assert server.admin_key_file.read_text().strip() == server.admin_key
+
+
+def test_stop_terminates_process(tmp_path: Path) -> None:
+    http, grpc, metrics = free_ports(3)
+    key = "k" * 24
+    with start_server(
+        ECHO_REPO,
+        http_port=http,
+        grpc_port=grpc,
+        metrics_port=metrics,
+        log_path=tmp_path / "t.log",
+        admin_key=key,
+    ) as handle:
+        assert handle.admin_key_file is None  # a given key is never written anywhere
+        pid = handle.pid
+        assert handle.is_alive()
+    assert not handle.is_alive()
+    assert handle.returncode == 0  # SIGTERM is a clean shutdown for Triton
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert not is_ready(handle.http_url, timeout=0.5)
+    assert key not in (tmp_path / "t.log").read_text()
+
+
+def test_bad_repository_raises_with_log_tail(tmp_path: Path) -> None:
+    model = tmp_path / "repo" / "broken"
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text(_echo_config(model.name))
+    (model / "1" / "model.py").write_text(
+        "class TritonPythonModel:\n"
+        "    def initialize(self, args):\n"
+        "        raise RuntimeError('broken-model-marker')\n"
+    )
+    http, grpc, metrics = free_ports(3)
+    with pytest.raises(ServerStartError, match="exited during startup") as err:
+        start_server(
+            tmp_path / "repo",
+            http_port=http,
+            grpc_port=grpc,
+            metrics_port=metrics,
+            log_path=tmp_path / "t.log",
+        )
+    assert "broken-model-marker" in str(err.value)  # the log tail is in the message
+    assert not (tmp_path / "t.admin-key").exists()
+    with pytest.raises(ServerStartError, match="not a directory"):
+        start_server(tmp_path / "missing")
+
+
+def test_ready_timeout_kills_server(tmp_path: Path) -> None:
+    model = tmp_path / "repo" / "slow"
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text(_echo_config(model.name))
+    (model / "1" / "model.py").write_text(
+        "import time\n"
+        "class TritonPythonModel:\n"
+        "    def initialize(self, args):\n"
+        "        time.sleep(60)\n"
+    )
+    http, grpc, metrics = free_ports(3)
+    started = time.monotonic()
+    with pytest.raises(ServerStartError, match="not ready within 2 s"):
+        start_server(
+            tmp_path / "repo",
+            http_port=http,
+            grpc_port=grpc,
+            metrics_port=metrics,
+            log_path=tmp_path / "t.log",
+            ready_timeout=2,
+        )
+    assert time.monotonic() - started < 15
+    assert not is_ready(f"127.0.0.1:{http}", timeout=0.5)
+
+
+def test_resolve_admin_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ADMIN_KEY_ENV, raising=False)
+    assert resolve_admin_key() is None
+    monkeypatch.setenv(ADMIN_KEY_ENV, "from-env-0123456789")
+    assert resolve_admin_key() == "from-env-0123456789"
+    key_file = tmp_path / "key"
+    key_file.write_text("from-file-0123456789\n")
+    assert resolve_admin_key(key_file) == "from-file-0123456789"  # the file wins
+    key_file.write_text("short")
+    with pytest.raises(ValueError, match="at least 16"):
+        resolve_admin_key(key_file)
+    key_file.write_text("has:colon-0123456789")
+    with pytest.raises(ValueError, match="may not contain"):
+        resolve_admin_key(key_file)
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+class _Cli:
+    """`python -m server.cli serve` in a subprocess, its output collected line by line."""
+
+    def __init__(self, tmp_path: Path, *extra: str) -> None:
+        self.http, grpc, metrics = free_ports(3)
+        cmd = [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            f"--model-repository={ECHO_REPO}",
+            f"--http-port={self.http}",
+            f"--grpc-port={grpc}",
+            f"--metrics-port={metrics}",
+            f"--log={tmp_path / 'serve.log'}",
+            *extra,
+        ]
+        env = {k: v for k, v in os.environ.items() if k != ADMIN_KEY_ENV}
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+
+    def expect(self, pattern: str, timeout: float = 90) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None and self.lines.empty():
+                    break
+                continue
+            self.seen.append(line)
+            if m := re.search(pattern, line):
+                return m
+        raise AssertionError(f"no {pattern!r} in output:\n{''.join(self.seen)}")
+
+    def finish(self, timeout: float = 60) -> tuple[int, str]:
+        code = self.proc.wait(timeout)
+        time.sleep(0.1)
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return code, "".join(self.seen)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_cli_serve_ready_then_sigterm_exits_zero(tmp_path: Path) -> None:
+    cli = _Cli(tmp_path)
+    try:
+        cli.expect(r"tritonserver ready \(pid (\d+)\)")
+        cli.expect(rf"HTTP\s+http://127\.0\.0\.1:{cli.http}")
+        cli.expect(r"Ctrl-C or SIGTERM stops")
+        assert is_ready(f"127.0.0.1:{cli.http}")
+        cli.proc.send_signal(signal.SIGTERM)
+        code, out = cli.finish()
+    finally:
+        cli.kill()
+    assert code == 0, out
+    assert "tritonserver stopped" in out
+    assert not is_ready(f"127.0.0.1:{cli.http}", timeout=0.5)
+
+
+def test_cli_notices_crashed_server(tmp_path: Path) -> None:
+    cli = _Cli(tmp_path)
+    try:
+        pid = int(cli.expect(r"tritonserver ready \(pid (\d+)\)").group(1))
+        cli.expect(r"Ctrl-C or SIGTERM stops")
+        os.kill(pid, signal.SIGKILL)
+        code, out = cli.finish()
+    finally:
+        cli.kill()
+    assert code != 0
+    assert "tritonserver exited unexpectedly (code -9" in out
+    assert "SIGKILL" in out
+    assert "last lines:" in out
+
+
+def test_longdoc_serve_help() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "longdoc.cli", "serve", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "--model-repository" in out.stdout
+    assert ADMIN_HEADER in out.stdout
