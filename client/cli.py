@@ -65,7 +65,8 @@ def iter_documents(inputs: list[str]) -> Iterator[tuple[str, bytes]]:
                         record = json.loads(line)
                         text = record["text"]
                     except (ValueError, KeyError, TypeError) as exc:
-                        raise SystemExit(f"{path}:{number}: not a {{id, text}} record ({exc})")
+                        message = f"{path}:{number}: not a {{id, text}} record ({exc})"
+                        raise SystemExit(message) from None
                     yield str(record.get("id", f"{path}:{number}")), str(text).encode("utf-8")
         elif path.is_file():
             yield str(path), path.read_bytes()

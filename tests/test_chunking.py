@@ -188,7 +188,7 @@ def test_window_ranges_properties(n, body, data, strategy):
     assert ranges[0][0] == 0 and ranges[-1][1] == n
     for start, end in ranges:
         assert 0 < end - start <= body
-    for (s1, e1), (s2, e2) in zip(ranges, ranges[1:]):
+    for (s1, e1), (s2, _) in zip(ranges, ranges[1:]):
         assert s2 > s1 and e1 - s2 == overlap  # exactly `overlap` shared tokens
     fixed_count = len(window_ranges(n, body, overlap, "fixed"))
     assert len(ranges) == fixed_count
