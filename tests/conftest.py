@@ -58,3 +58,62 @@ def export_repo(tmp_path_factory):
         return cache[key]
 
     return make
+
+
+class Served:
+    """A `longdoc serve` subprocess on free ports (the way users run it)."""
+
+    def __init__(self, repo: Path, log_dir: Path, extra: tuple[str, ...] = ()) -> None:
+        import subprocess
+        import sys
+
+        from server.launcher import free_ports, wait_ready
+
+        self.repo = repo
+        self.admin_key = "test-admin-key-" + os.urandom(6).hex()
+        http, grpc, metrics = free_ports(3)
+        self.http_url, self.grpc_url = f"127.0.0.1:{http}", f"127.0.0.1:{grpc}"
+        self.metrics_url = f"127.0.0.1:{metrics}"
+        self.log = log_dir / f"triton-{http}.log"
+        env = {**os.environ, "LONGDOC_ADMIN_KEY": self.admin_key}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "longdoc.cli", "serve", "--model-repository", str(repo),
+             "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+             "--log", str(self.log), *extra],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        if not wait_ready(self.http_url, timeout=180, alive=lambda: self.process.poll() is None):
+            self.stop()
+            raise RuntimeError(f"server did not become ready:\n{self.output()}")
+
+    def url(self, protocol: str) -> str:
+        return self.grpc_url if protocol == "grpc" else self.http_url
+
+    def output(self) -> str:
+        tail = self.log.read_text()[-4000:] if self.log.exists() else ""
+        return tail
+
+    def stop(self) -> None:
+        import signal
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except Exception:  # noqa: BLE001
+                self.process.kill()
+
+
+@pytest.fixture(scope="session")
+def serve(tmp_path_factory):
+    """``serve(repo, *extra_args) -> Served``; every server is stopped at the end."""
+    started: list[Served] = []
+
+    def start(repo: Path, *extra: str) -> Served:
+        served = Served(repo, tmp_path_factory.mktemp("logs"), extra)
+        started.append(served)
+        return served
+
+    yield start
+    for served in started:
+        served.stop()
