@@ -268,7 +268,9 @@ def make_classifier_checkpoint(
     import shutil
 
     from transformers import BertForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.set_verbosity_error()  # "newly initialized classifier": that is the point
     encoder_dir = Path(encoder_dir or minilm_dir())
     torch.manual_seed(seed)
     model = BertForSequenceClassification.from_pretrained(
