@@ -43,7 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-labels", type=int, default=2, help="labels of a random head/preset")
     p.add_argument("--seed", type=int, default=0, help="seed of random weights")
     p.add_argument("--tokenizer", type=Path, help="directory with tokenizer.json")
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
+    p.add_argument(
+        "--precision", choices=("fp32", "fp16", "int8"),
+        help="encoder precision (default: fp16 for --profile gpu, else fp32)",
+    )  # fmt: skip
     p.add_argument("--profile", choices=("portable", "cpu", "gpu"), default="portable")
     p.add_argument("--tensorrt", action="store_true", help="gpu profile: TensorRT FP16 engines")
     g = p.add_argument_group("chunking (must match how the model was fine-tuned)")
@@ -55,9 +58,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--max-bytes", type=int, help="largest accepted document in bytes")
     s = p.add_argument_group("serving")
     s.add_argument("--max-batch-size", type=int, default=64, help="encoder chunks per batch")
-    s.add_argument("--queue-delay-us", type=int, default=2000)
-    s.add_argument("--chunker-instances", type=int, default=2)
-    s.add_argument("--encoder-instances", type=int, default=1)
+    s.add_argument("--preferred-batch-sizes", type=int, nargs="+", metavar="N",
+                   help="encoder batch sizes Triton aims for (default: per profile)")
+    s.add_argument("--queue-delay-us", type=int, help="batching delay (default: per profile)")
+    s.add_argument("--chunker-instances", type=int, help="(default: per profile)")
+    s.add_argument("--encoder-instances", type=int, help="(default: per profile)")
     s.add_argument("--ort-threads", type=int, default=0, help="onnxruntime threads (0: all)")
     s.add_argument("--response-cache", action="store_true", help="cache repeated documents")
     p.add_argument("--skip-parity", action="store_true", help="skip the parity report")
@@ -89,14 +94,17 @@ def run(args: argparse.Namespace) -> int:
     if args.tensorrt and args.profile != "gpu":
         print("longdoc export: error: --tensorrt needs --profile gpu", file=sys.stderr)
         return 2
+    precision = args.precision or ("fp16" if args.profile == "gpu" else "fp32")
+    preferred = tuple(args.preferred_batch_sizes) if args.preferred_batch_sizes else None
     serving = ServingOptions(
         max_batch_size=args.max_batch_size, queue_delay_us=args.queue_delay_us,
+        preferred_batch_sizes=preferred,
         chunker_instances=args.chunker_instances, encoder_instances=args.encoder_instances,
         ort_threads=args.ort_threads, tensorrt=args.tensorrt, response_cache=args.response_cache,
     )  # fmt: skip
     spec = ExportSpec(
         output=args.output, checkpoint=args.checkpoint, preset=args.preset, head=args.head,
-        precision=args.precision, profile=args.profile, random_head=args.random_head,
+        precision=precision, profile=args.profile, random_head=args.random_head,
         num_labels=args.num_labels, seed=args.seed, tokenizer=args.tokenizer, chunking=chunking,
         serving=serving, skip_parity=args.skip_parity,
     )  # fmt: skip
