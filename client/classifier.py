@@ -59,8 +59,10 @@ def _is_retryable(exc: BaseException) -> bool:
         return True
     text = f"{type(exc).__name__} {exc}".lower()
     status = str(getattr(exc, "status", lambda: "")() or "").lower()
+    # "no available versions": the model is unloading or loading, i.e. a server restart.
     markers = ("unavailable", "connect", "503", "502", "failed to establish", "reset by peer",
-               "broken pipe", "server disconnected", "deadline")  # fmt: skip
+               "broken pipe", "server disconnected", "deadline", "no available versions",
+               "not healthy")  # fmt: skip
     return any(m in status or m in text for m in markers)
 
 

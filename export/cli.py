@@ -65,6 +65,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--encoder-instances", type=int, help="(default: per profile)")
     s.add_argument("--ort-threads", type=int, default=0, help="onnxruntime threads (0: all)")
     s.add_argument("--response-cache", action="store_true", help="cache repeated documents")
+    s.add_argument("--max-queue-size", type=int, default=0, metavar="N",
+                   help="encoder queue: refuse documents beyond N waiting (0: no limit)")
+    s.add_argument("--queue-timeout-us", type=int, default=0, metavar="US",
+                   help="encoder queue: refuse a document queued longer (0: no limit)")
     p.add_argument("--skip-parity", action="store_true", help="skip the parity report")
     p.set_defaults(func=run)
 
@@ -101,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         preferred_batch_sizes=preferred,
         chunker_instances=args.chunker_instances, encoder_instances=args.encoder_instances,
         ort_threads=args.ort_threads, tensorrt=args.tensorrt, response_cache=args.response_cache,
+        max_queue_size=args.max_queue_size, queue_timeout_us=args.queue_timeout_us,
     )  # fmt: skip
     spec = ExportSpec(
         output=args.output, checkpoint=args.checkpoint, preset=args.preset, head=args.head,

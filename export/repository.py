@@ -86,6 +86,10 @@ class ServingOptions:
     aggregator_instances: int | None = None
     trt_cache_path: str = TRT_CACHE_PATH  # must be writable by the server (not /models)
     trt_workspace_bytes: int = 4 << 30
+    # Encoder queue policy (RELIABILITY.md): over capacity, refuse fast instead of queueing
+    # forever. Counted in documents (one encoder request each); 0 = Triton's default (none).
+    max_queue_size: int = 0  # documents waiting beyond this are refused (UNAVAILABLE)
+    queue_timeout_us: int = 0  # a document queued longer than this is refused (UNAVAILABLE)
     extra: dict = field(default_factory=dict)
 
     def resolved(self) -> ServingOptions:
@@ -251,6 +255,7 @@ def encoder_config(
         + "dynamic_batching {\n"
         + f"  preferred_batch_size: {_dims(preferred)}\n"
         + f"  max_queue_delay_microseconds: {opts.queue_delay_us}\n"
+        + queue_policy_block(opts)
         + "}\n"
         + f"instance_group [ {{ kind: {kind}, count: {opts.encoder_instances} }} ]\n"
     )
@@ -370,6 +375,27 @@ def preferred_or(opts: ServingOptions) -> tuple[int, ...]:
             "preferred_batch_sizes"
         ]
     return tuple(sizes) or (opts.max_batch_size,)
+
+
+def queue_policy_block(opts: ServingOptions) -> str:
+    """The encoder's ``default_queue_policy`` (inside ``dynamic_batching``), or nothing.
+
+    Over capacity a request is refused at once with UNAVAILABLE ("Exceeds maximum queue
+    size", or "Request timeout expired" after ``queue_timeout_us`` in the queue) instead of
+    waiting without bound; clients retry UNAVAILABLE with backoff. A client may ask for a
+    shorter timeout per request (``allow_timeout_override``)."""
+    if opts.max_queue_size < 0 or opts.queue_timeout_us < 0:
+        raise ValueError("max_queue_size and queue_timeout_us must be >= 0 (0: no limit)")
+    if not (opts.max_queue_size or opts.queue_timeout_us):
+        return ""
+    return (
+        "  default_queue_policy {\n"
+        "    timeout_action: REJECT\n"
+        f"    default_timeout_microseconds: {opts.queue_timeout_us}\n"
+        "    allow_timeout_override: true\n"
+        f"    max_queue_size: {opts.max_queue_size}\n"
+        "  }\n"
+    )
 
 
 def warmup_block(chunking: ChunkingConfig, batch_sizes: tuple[int, ...] = (1,)) -> str:

@@ -92,6 +92,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="seconds to wait for all models to load (default: %(default)s)",
     )
     p.add_argument(
+        "--restart",
+        type=int,
+        default=0,
+        metavar="N",
+        help="restart tritonserver up to N times when it dies or a Python-backend stub "
+        "dies (Triton does not restart stubs itself); 0: exit non-zero instead "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
         "--triton-arg",
         action="append",
         default=[],
@@ -114,18 +123,10 @@ def _raise_stop(signum: int, _frame: object) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Start, report, supervise; returns the process exit status."""
+    """Start, report, supervise (restarting up to --restart times); the exit status."""
     import signal
 
-    from server.launcher import (
-        ADMIN_APIS,
-        ADMIN_HEADER,
-        ADMIN_KEY_ENV,
-        GRPC_ADMIN_HEADER,
-        ServerStartError,
-        resolve_admin_key,
-        start_server,
-    )
+    from server.launcher import ServerStartError, resolve_admin_key, start_server, supervise
 
     try:
         admin_key = resolve_admin_key(args.admin_key_file)
@@ -135,40 +136,39 @@ def run(args: argparse.Namespace) -> int:
 
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     handle = None
+    restarts = 0
     try:
-        handle = start_server(
-            args.model_repository,
-            host=args.host,
-            http_port=args.http_port,
-            grpc_port=args.grpc_port,
-            metrics_port=args.metrics_port or None,
-            log_path=args.log,
-            admin_key=admin_key,
-            response_cache_bytes=args.response_cache_mb * 1024 * 1024 or None,
-            extra_args=args.triton_arg,
-            ready_timeout=args.ready_timeout,
-        )
-        if handle.admin_key_file is not None:
-            key_note = f"key for this run in {handle.admin_key_file}"
-        elif args.admin_key_file:
-            key_note = f"key from {args.admin_key_file}"
-        else:
-            key_note = f"key from ${ADMIN_KEY_ENV}"
-        lines = [
-            f"tritonserver ready (pid {handle.pid}), models from {handle.model_repository}",
-            f"  HTTP     http://{handle.http_url}",
-            f"  gRPC     {handle.grpc_url}",
-        ]
-        if handle.metrics_url:
-            lines.append(f"  metrics  http://{handle.metrics_url}/metrics")
-        lines += [
-            f"  log      {handle.log_path}",
-            f"  admin    {','.join(ADMIN_APIS)} need the key as HTTP header "
-            f"'{ADMIN_HEADER}' or gRPC metadata '{GRPC_ADMIN_HEADER}'; {key_note}",
-            "Ctrl-C or SIGTERM stops the server.",
-        ]
-        print("\n".join(lines), flush=True)
-        code = handle.wait()
+        while True:
+            handle = start_server(
+                args.model_repository,
+                host=args.host,
+                http_port=args.http_port,
+                grpc_port=args.grpc_port,
+                metrics_port=args.metrics_port or None,
+                log_path=args.log,
+                admin_key=admin_key,
+                response_cache_bytes=args.response_cache_mb * 1024 * 1024 or None,
+                extra_args=args.triton_arg,
+                ready_timeout=args.ready_timeout,
+            )
+            admin_key = handle.admin_key  # a restart keeps the key (and a generated one)
+            _announce(handle, args)
+            problem = supervise(handle)
+            code = handle.returncode
+            if handle.is_alive():  # a stub died: the server is up but cannot answer
+                handle.stop()
+            report = handle.failure_report()
+            if restarts >= args.restart:
+                print(f"longdoc serve: {problem}; {report}", file=sys.stderr, flush=True)
+                if handle.admin_key_file is not None:
+                    handle.admin_key_file.unlink(missing_ok=True)
+                return code if code is not None and 0 < code < 126 else 1
+            restarts += 1
+            print(
+                f"longdoc serve: {problem}; restarting ({restarts} of {args.restart})",
+                file=sys.stderr,
+                flush=True,
+            )
     except _Stop as stop:
         if handle is not None:
             try:
@@ -186,17 +186,30 @@ def run(args: argparse.Namespace) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
 
-    how = f"code {code}"
-    if code < 0:
-        how += f": killed by {signal.Signals(-code).name}"
-    print(
-        f"tritonserver exited unexpectedly ({how}); {handle.failure_report()}",
-        file=sys.stderr,
-        flush=True,
-    )
+
+def _announce(handle, args: argparse.Namespace) -> None:
+    from server.launcher import ADMIN_APIS, ADMIN_HEADER, ADMIN_KEY_ENV, GRPC_ADMIN_HEADER
+
     if handle.admin_key_file is not None:
-        handle.admin_key_file.unlink(missing_ok=True)
-    return code if 0 < code < 126 else 1
+        key_note = f"key for this run in {handle.admin_key_file}"
+    elif args.admin_key_file:
+        key_note = f"key from {args.admin_key_file}"
+    else:
+        key_note = f"key from ${ADMIN_KEY_ENV}"
+    lines = [
+        f"tritonserver ready (pid {handle.pid}), models from {handle.model_repository}",
+        f"  HTTP     http://{handle.http_url}",
+        f"  gRPC     {handle.grpc_url}",
+    ]
+    if handle.metrics_url:
+        lines.append(f"  metrics  http://{handle.metrics_url}/metrics")
+    lines += [
+        f"  log      {handle.log_path}",
+        f"  admin    {','.join(ADMIN_APIS)} need the key as HTTP header "
+        f"'{ADMIN_HEADER}' or gRPC metadata '{GRPC_ADMIN_HEADER}'; {key_note}",
+        "Ctrl-C or SIGTERM stops the server.",
+    ]
+    print("\n".join(lines), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -573,3 +573,65 @@ def start_server(
         reason = f"tritonserver not ready within {ready_timeout:g} s"
     handle.stop(timeout=0)  # it serves nothing yet: no drain to wait for
     raise ServerStartError(f"{reason}; model repository {repo}; {handle.failure_report()}")
+
+
+def backend_stubs(pid: int) -> dict[int, str]:
+    """The Python-backend stub processes under tritonserver ``pid``: {pid: instance name}.
+
+    Triton 2.51 neither restarts a stub that dies nor marks its model unready
+    (triton-inference-server/server#8604), so the supervisor watches them itself.
+    """
+    import psutil
+
+    stubs: dict[int, str] = {}
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return stubs
+    for child in children:
+        try:
+            if child.name().startswith("triton_python"):
+                args = child.cmdline()
+                stubs[child.pid] = args[-2] if len(args) >= 2 else child.name()
+        except psutil.ZombieProcess:  # died before we looked: Triton never reaps it
+            stubs[child.pid] = f"(pid {child.pid})"
+        except psutil.Error:
+            continue
+    return stubs
+
+
+def dead_stubs(stubs: dict[int, str]) -> list[str]:
+    """Instance names of the stubs in ``stubs`` that are gone or zombies."""
+    import psutil
+
+    dead = []
+    for pid, name in stubs.items():
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                dead.append(name)
+        except psutil.NoSuchProcess:
+            dead.append(name)
+        except psutil.Error:
+            continue
+    return dead
+
+
+def supervise(handle: ServerHandle, interval: float = 0.5) -> str:
+    """Block until the server exits or one of its backend stubs dies; say which."""
+    stubs = backend_stubs(handle.pid)
+    while True:
+        try:
+            code = handle.wait(timeout=interval)
+        except subprocess.TimeoutExpired:
+            code = None
+        if code is not None:
+            how = f"code {code}"
+            if code < 0:
+                how += f": killed by {signal.Signals(-code).name}"
+            return f"tritonserver exited unexpectedly ({how})"
+        dead = dead_stubs(stubs)
+        if dead:
+            return (
+                f"Python backend stub {', '.join(sorted(dead))} died; Triton does not restart "
+                "it and its model cannot answer any more"
+            )

@@ -347,6 +347,49 @@ def test_cli_notices_crashed_server(tmp_path: Path) -> None:
     assert "last lines:" in out
 
 
+def _echo_stub_pid(server_pid: int) -> int:
+    from server.launcher import backend_stubs
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        stubs = backend_stubs(server_pid)
+        if stubs:
+            return next(iter(stubs))
+        time.sleep(0.2)
+    raise AssertionError("no Python backend stub under tritonserver")
+
+
+def test_cli_notices_dead_backend_stub(tmp_path: Path) -> None:
+    """Triton 2.51 keeps a model 'ready' after its stub dies; the supervisor does not."""
+    cli = _Cli(tmp_path)
+    try:
+        pid = int(cli.expect(r"tritonserver ready \(pid (\d+)\)").group(1))
+        cli.expect(r"Ctrl-C or SIGTERM stops")
+        os.kill(_echo_stub_pid(pid), signal.SIGKILL)
+        code, out = cli.finish()
+    finally:
+        cli.kill()
+    assert code != 0
+    assert "Python backend stub" in out and "died" in out
+
+
+def test_cli_restarts_after_dead_stub(tmp_path: Path) -> None:
+    cli = _Cli(tmp_path, "--restart=1")
+    try:
+        first = int(cli.expect(r"tritonserver ready \(pid (\d+)\)").group(1))
+        cli.expect(r"Ctrl-C or SIGTERM stops")
+        os.kill(_echo_stub_pid(first), signal.SIGKILL)
+        cli.expect(r"restarting \(1 of 1\)")
+        second = int(cli.expect(r"tritonserver ready \(pid (\d+)\)").group(1))
+        assert second != first
+        assert is_ready(f"127.0.0.1:{cli.http}")
+        cli.proc.send_signal(signal.SIGTERM)
+        code, _ = cli.finish()
+    finally:
+        cli.kill()
+    assert code == 0
+
+
 def test_longdoc_serve_help() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "longdoc.cli", "serve", "--help"],
