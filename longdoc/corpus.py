@@ -98,3 +98,82 @@ def corpus_lengths(n_docs: int, seed: int = 0, max_words: int = 24_000) -> list[
             n = int(rng.lognormvariate(7.3, 0.9))
         out.append(max(80, min(n, max_words)))
     return out
+
+
+# ---------------------------------------------------------------------------------------
+# The benchmark corpus (`longdoc bench`): lengths drawn in tokens, so the distribution in
+# windows is known for a chunking configuration and no document exceeds ``max_chunks``.
+# ---------------------------------------------------------------------------------------
+
+# The distribution, in document tokens (without [CLS]/[SEP]), for 512-token windows with a
+# 128-token overlap (one window holds 510 tokens, each further window adds 382):
+#   body: 88% log-normal, median 1,500 tokens (~4 windows), sigma 0.9, at least 100 tokens;
+#   tail: 12% uniform between 8,000 tokens (~21 windows) and the most ``max_chunks`` windows
+#         hold (64 windows: 24,576 tokens).
+# Measured over 2,000 documents (seed 0): token percentiles p10 514, p50 1,823, p90 12,717,
+# max 24,276; windows: 1: 10%, 2-4: 37%, 5-10: 28%, 11-20: 8%, 21-40: 9%, 41-64: 7%
+# (84% have 1-20 windows; mean 10.9 windows, of which the >20-window tail holds 61%).
+BENCH_MEDIAN_TOKENS = 1_500
+BENCH_SIGMA = 0.9
+BENCH_MIN_TOKENS = 100
+BENCH_TAIL_FRACTION = 0.12
+BENCH_TAIL_MIN_TOKENS = 8_000
+
+
+def max_tokens_for(max_chunks: int, max_length: int = 512, overlap: int = 128) -> int:
+    """The most document tokens ``max_chunks`` windows of ``max_length`` hold."""
+    body = max_length - 2
+    return body + (max_chunks - 1) * (body - overlap)
+
+
+def benchmark_token_lengths(n_docs: int, seed: int = 0, max_tokens: int = 24_576) -> list[int]:
+    """Target lengths in tokens of the benchmark corpus (see the distribution above)."""
+    import math
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n_docs):
+        if rng.random() < BENCH_TAIL_FRACTION:
+            n = rng.randint(min(BENCH_TAIL_MIN_TOKENS, max_tokens), max_tokens)
+        else:
+            n = int(rng.lognormvariate(math.log(BENCH_MEDIAN_TOKENS), BENCH_SIGMA))
+        out.append(max(BENCH_MIN_TOKENS, min(n, max_tokens)))
+    return out
+
+
+def trim_to_tokens(text: str, max_tokens: int, tokenizer) -> str:
+    """``text`` cut where its token number ``max_tokens`` (0-based) starts, trailing space
+    dropped: the first ``max_tokens`` tokens stay (a WordPiece continuation may leave half a
+    word at the end, which re-tokenizes to the same pieces)."""
+    encoding = tokenizer.encode(text, add_special_tokens=False)
+    if len(encoding.ids) <= max_tokens:
+        return text
+    cut = encoding.offsets[max_tokens][0]
+    while True:
+        text = text[:cut].rstrip()
+        if len(tokenizer.encode(text, add_special_tokens=False).ids) <= max_tokens:
+            return text
+        cut = len(text) - 1  # a merge across the cut (rare): drop one more character
+
+
+def benchmark_corpus(
+    n_docs: int, seed: int = 0, tokenizer=None, max_tokens: int = 24_576
+) -> list[str]:
+    """``n_docs`` real-text documents whose token counts follow ``benchmark_token_lengths``
+    (each cut to its target, so none exceeds ``max_tokens``). Deterministic for a seed,
+    Python version and tokenizer; documents come in draw order (lengths are independent,
+    so any prefix of the list has the same distribution)."""
+    if tokenizer is None:
+        from longdoc.checkpoint import default_tokenizer_dir
+        from longdoc.chunking import load_tokenizer
+
+        tokenizer = load_tokenizer(default_tokenizer_dir())
+
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False).ids)
+
+    texts = []
+    for k, target in enumerate(benchmark_token_lengths(n_docs, seed, max_tokens)):
+        text = document(target, seed=seed * 100_003 + k, count_tokens=count)
+        texts.append(trim_to_tokens(text, target, tokenizer))
+    return texts

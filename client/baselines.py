@@ -1,0 +1,280 @@
+"""The baselines `longdoc bench --baselines` runs in the same process, on the same documents.
+
+* ``ort_batched`` (the ceiling for the server): ``OnnxPipeline.classify_batched`` over the
+  served repository's own ONNX files, tokenizer and chunking: windows of several documents
+  with the same padded length share one onnxruntime call of at most the encoder's
+  ``max_batch_size`` windows, as Triton's dynamic batcher does, with no server in between.
+  Documents go in groups of the sweep's highest concurrency (the most documents the server
+  ever has in flight).
+* ``ort_single``: the same pipeline one document at a time (``classify``): the in-process
+  latency of each document, to set against the server's at concurrency 1.
+* ``naive``: the loop people write first: PyTorch eager, one window at a time, every window
+  padded to ``max_length`` (no buckets, no batching), same windows and weights.
+
+Each runs until the corpus is done or its time limit passes (checked between documents or
+groups), and reports documents, windows and document tokens per second.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from client.stats import latency_summary
+
+
+def _rates(docs: int, chunks: int, tokens: int, seconds: float) -> dict:
+    return {
+        "docs": docs,
+        "chunks": chunks,
+        "tokens": tokens,
+        "seconds": seconds,
+        "docs_per_s": docs / seconds if seconds > 0 else 0.0,
+        "chunks_per_s": chunks / seconds if seconds > 0 else 0.0,
+        "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
+    }
+
+
+def encoder_max_batch(repository: str | Path, default: int = 64) -> int:
+    import re
+
+    path = Path(repository) / "encoder" / "config.pbtxt"
+    if path.is_file():
+        m = re.search(r"\bmax_batch_size:\s*(\d+)", path.read_text())
+        if m and int(m.group(1)) > 0:
+            return int(m.group(1))
+    return default
+
+
+def ort_batched(
+    repository: str | Path, texts: list[str], docs, threads: int | None, group: int,
+    time_limit_s: float, max_batch: int | None = None,
+) -> dict:  # fmt: skip
+    from longdoc.runtime import OnnxPipeline
+
+    max_batch = max_batch or encoder_max_batch(repository)
+    pipeline = OnnxPipeline(repository, threads=threads, max_batch=max_batch)
+    pipeline.classify_batched(texts[: min(2, len(texts))])  # warm-up: sessions, arenas
+    labels: dict[int, int] = {}
+    started = time.perf_counter()
+    done = 0
+    while done < len(texts) and time.perf_counter() - started < time_limit_s:
+        batch = texts[done : done + group]
+        for offset, result in enumerate(pipeline.classify_batched(batch)):
+            labels[done + offset] = int(np.argmax(result.logits))
+        done += len(batch)
+    seconds = time.perf_counter() - started
+    out = _rates(done, sum(d.num_chunks for d in docs[:done]),
+                 sum(d.num_tokens for d in docs[:done]), seconds)  # fmt: skip
+    return out | {
+        "description": f"in-process onnxruntime, classify_batched, groups of {group} docs, "
+        f"max {pipeline.max_batch} windows per call, threads {threads or 'all'}",
+        "complete": done == len(texts),
+        "labels": labels,
+    }
+
+
+def ort_single(
+    repository: str | Path, texts: list[str], docs, threads: int | None, time_limit_s: float,
+    max_batch: int | None = None,
+) -> dict:  # fmt: skip
+    from longdoc.runtime import OnnxPipeline
+
+    max_batch = max_batch or encoder_max_batch(repository)
+    pipeline = OnnxPipeline(repository, threads=threads, max_batch=max_batch)
+    pipeline.classify(texts[:1])
+    latencies: dict[str, float] = {}
+    labels: dict[int, int] = {}
+    started = time.perf_counter()
+    for index, text in enumerate(texts):
+        if time.perf_counter() - started >= time_limit_s:
+            break
+        t0 = time.perf_counter()
+        result = pipeline.classify([text])[0]
+        latencies[str(index)] = time.perf_counter() - t0
+        labels[index] = int(np.argmax(result.logits))
+    seconds = time.perf_counter() - started
+    done = len(latencies)
+    out = _rates(done, sum(d.num_chunks for d in docs[:done]),
+                 sum(d.num_tokens for d in docs[:done]), seconds)  # fmt: skip
+    return out | {
+        "description": "in-process onnxruntime, classify, one document at a time, max "
+        f"{pipeline.max_batch} windows per call",
+        "complete": done == len(texts),
+        "latency_ms": latency_summary(list(latencies.values())),
+        "latency_by_doc": latencies,
+        "labels": labels,
+    }
+
+
+def load_reference_model(
+    repository: str | Path, checkpoint: str | None = None, preset: str | None = None,
+    head: str | None = None, random_head: bool | None = None,
+):  # fmt: skip
+    """The PyTorch model behind the repository: ``checkpoint``/``preset`` when given, else
+    the source recorded in its ``export_report.json``; labels and chunking from the
+    repository."""
+    from longdoc.checkpoint import HEAD_JSON, load_checkpoint, load_preset
+    from longdoc.chunking import ChunkingConfig
+    from longdoc.runtime import export_metadata, read_labels
+
+    repo = Path(repository)
+    chunking = ChunkingConfig.load(repo / "chunker" / "1" / "chunking.json")
+    labels = read_labels(repo / "document_classifier" / "labels.txt")
+    report = export_metadata(repo)
+    head = head or report.get("head")
+    source = report.get("source", "")
+    if not checkpoint and not preset:
+        if source.startswith("preset:"):
+            preset = source.split(":", 1)[1]
+        elif source and Path(source).is_dir():
+            checkpoint = source
+        else:
+            raise ValueError(
+                f"cannot tell which PyTorch model {repo} was exported from (source "
+                f"{source!r}): give --checkpoint DIR or --preset NAME"
+            )
+    if preset:
+        return load_preset(preset, head or "logits-mean", num_labels=len(labels), chunking=chunking)
+    if random_head is None:
+        random_head = (
+            head in ("mean-pool", "transformer") and not (Path(checkpoint) / HEAD_JSON).is_file()
+        )
+    return load_checkpoint(
+        checkpoint, head, random_head=random_head, num_labels=len(labels), chunking=chunking
+    )
+
+
+def naive(model, texts: list[str], docs, time_limit_s: float) -> dict:
+    """PyTorch eager, one window at a time, each padded to ``max_length``."""
+    import torch
+
+    from longdoc.chunking import chunk_text, load_tokenizer, special_ids
+
+    tokenizer = load_tokenizer(model.tokenizer_path)
+    cfg = model.chunking
+    pad_id = special_ids(tokenizer)[2]
+    length = cfg.max_length
+
+    @torch.inference_mode()
+    def classify(text: str) -> int:
+        chunks = chunk_text(text, tokenizer, cfg)
+        vectors = []
+        for row in range(chunks.num_chunks):
+            ids = torch.full((1, length), pad_id, dtype=torch.int64)
+            mask = torch.zeros((1, length), dtype=torch.int64)
+            ids[0, : chunks.seq_len] = torch.from_numpy(chunks.input_ids[row])
+            mask[0, : chunks.seq_len] = torch.from_numpy(chunks.attention_mask[row])
+            vectors.append(model.encoder(ids, mask))
+        stacked = torch.cat(vectors).unsqueeze(0)
+        logits, _ = model.aggregator(stacked, torch.ones(stacked.shape[:2], dtype=torch.int64))
+        return int(torch.argmax(logits[0]))
+
+    classify(texts[0])  # warm-up
+    latencies: list[float] = []
+    labels: dict[int, int] = {}
+    started = time.perf_counter()
+    for index, text in enumerate(texts):
+        if time.perf_counter() - started >= time_limit_s:
+            break
+        t0 = time.perf_counter()
+        labels[index] = classify(text)
+        latencies.append(time.perf_counter() - t0)
+    seconds = time.perf_counter() - started
+    done = len(latencies)
+    out = _rates(done, sum(d.num_chunks for d in docs[:done]),
+                 sum(d.num_tokens for d in docs[:done]), seconds)  # fmt: skip
+    return out | {
+        "description": f"PyTorch eager ({model.source}), one window at a time, every window "
+        f"padded to {length}, {torch.get_num_threads()} threads",
+        "complete": done == len(texts),
+        "latency_ms": latency_summary(latencies),
+        "labels": labels,
+    }
+
+
+def _measured(call: Callable[[], dict], cfg=None, log: Callable[[str], None] = print) -> dict:
+    """``call()``'s result plus the cores used meanwhile, by this process and by others;
+    with ``cfg.max_other_cores``, measured again (after waiting for a quiet machine) while
+    other processes used more than that."""
+    from client.bench import CpuMonitor
+
+    monitor = CpuMonitor()
+    threshold = getattr(cfg, "max_other_cores", None)
+    attempts = 1 + (cfg.retries if threshold is not None else 0)
+    for attempt in range(attempts):
+        if attempt:
+            if not monitor.wait_quiet(threshold, cfg.quiet_timeout_s, log):
+                break
+            log(f"measuring again (attempt {attempt + 1})")
+        start, t0 = monitor.snapshot(), time.perf_counter()
+        result = call()
+        usage = CpuMonitor.usage(start, monitor.snapshot(), time.perf_counter() - t0)
+        if usage:
+            usage.pop("server", None)
+        result |= {"cpu_cores": usage, "attempts": attempt + 1}
+        contaminated = threshold is not None and usage is not None and usage["other"] > threshold
+        result["contaminated"] = contaminated
+        if not contaminated:
+            break
+        log(f"other processes used {usage['other']:.2f} cores meanwhile")
+    return result
+
+
+def run_baselines(cfg, texts: list[str], docs, log: Callable[[str], None] = print) -> dict:
+    """The baselines ``cfg.baselines`` asks for ("ort", "naive"), in that order."""
+    out: dict = {}
+    group = max(cfg.concurrency or [16])
+    limit = cfg.baseline_time_limit_s
+    if "ort" in cfg.baselines:
+        log(f"baseline ort_batched: {len(texts)} docs in groups of {group}...")
+        out["ort_batched"] = _measured(
+            lambda: ort_batched(
+                cfg.repository, texts, docs, cfg.ort_threads, group, limit, cfg.ort_max_batch
+            ),
+            cfg,
+            log,
+        )
+        log(_line("ort_batched", out["ort_batched"]))
+        log("baseline ort_single: one document at a time...")
+        out["ort_single"] = _measured(
+            lambda: ort_single(
+                cfg.repository, texts, docs, cfg.ort_threads, limit, cfg.ort_max_batch
+            ),
+            cfg,
+            log,
+        )
+        log(_line("ort_single", out["ort_single"]))
+    if "naive" in cfg.baselines:
+        log("baseline naive: PyTorch eager, one window at a time, padded to max_length...")
+        model = load_reference_model(
+            cfg.repository, cfg.checkpoint, cfg.preset, cfg.head, cfg.random_head
+        )
+        out["naive"] = _measured(lambda: naive(model, texts, docs, limit), cfg, log)
+        log(_line("naive", out["naive"]))
+    return out
+
+
+def _line(name: str, b: dict) -> str:
+    more = "" if b["complete"] else " (time limit: part of the corpus)"
+    if b.get("cpu_cores"):
+        more += f", other processes {b['cpu_cores']['other']:.2f} cores"
+    return (
+        f"{name}: {b['docs']} docs in {b['seconds']:.1f} s: {b['docs_per_s']:.2f} docs/s, "
+        f"{b['chunks_per_s']:.1f} chunks/s{more}"
+    )
+
+
+def reference_labels(repository: str | Path, texts: list[str], threads: int | None) -> dict:
+    """Decisions of another repository's ONNX files (e.g. FP32 for an INT8 server)."""
+    from longdoc.runtime import OnnxPipeline
+
+    pipeline = OnnxPipeline(repository, threads=threads, max_batch=encoder_max_batch(repository))
+    labels = {}
+    for start in range(0, len(texts), 16):
+        for offset, result in enumerate(pipeline.classify_batched(texts[start : start + 16])):
+            labels[start + offset] = int(np.argmax(result.logits))
+    return labels

@@ -1,0 +1,217 @@
+"""`longdoc bench`: throughput and latency of a running server, with baselines."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DESCRIPTION = """\
+Benchmark a running document_classifier (started with `longdoc serve`) over gRPC or HTTP.
+
+Corpus: --docs real-text documents built from Python standard-library docstrings, lengths
+drawn in tokens (88% log-normal, median 1,500 tokens; 12% uniform from 8,000 tokens up to
+what max_chunks windows hold), deterministic for --seed. With --repository, the served
+tokenizer and chunking (max_chunks included) give each document's windows and the
+padded-token waste; without it, the default tokenizer and chunking.
+
+Load: a closed-loop sweep over --concurrency (N documents in flight, each sent as soon as
+the previous one returns), then an open loop at each --rate (Poisson arrivals, documents
+per second; latency counts from the scheduled arrival). Each point: --warmup-s of warm-up,
+then windows of --window-s (extended until --min-window-docs documents finish) until the
+last --stable-windows windows agree on chunks/s within --stability, or --max-point-s.
+
+Reported per point: documents/s, chunks/s, tokens/s, latency mean/p50/p90/p95/p99/max,
+errors, and from Triton's statistics API over the same windows: per composing model
+(chunker, encoder, aggregator) queue vs compute time per request, average batch, busy
+fraction, and the encoder's batch-size histogram. For a server on this machine, the cores
+used by the server's processes, by this process and by everything else (a point measured
+while other processes ran is not clean: see --max-other-cores).
+
+Baselines (--baselines, needs --repository): in-process onnxruntime over the same ONNX
+files with the same chunking and batching (the ceiling for the server; and one document
+at a time, for the latency the server adds at concurrency 1), and the naive loop (PyTorch
+eager, one window at a time, every window padded to max_length; the model comes from
+--checkpoint/--preset or the repository's export_report.json). Ratios: served saturated
+tokens/s over each baseline's; decision agreement between served and baseline answers.
+--reference-repository DIR adds agreement with another export (e.g. FP32 for INT8).
+
+Output (--output DIR): results.json (everything), results.csv (one row per point and
+baseline), latency_throughput.png (latency vs throughput), summary.md (the tables).
+Progress goes to stderr; a run cut short leaves results.partial.json.
+Exits 1 if any request failed (the errors are counted per point in the results).
+"""
+
+EPILOG = """examples:
+  longdoc bench --url 127.0.0.1:8001 --repository model_repository --output bench_results/x
+  longdoc bench --protocol http --url 127.0.0.1:8000 --concurrency 1,4,16 --rate 1,2
+  longdoc bench --repository /tmp/int8 --baselines --reference-repository /tmp/fp32 \\
+      --checkpoint ./minilm-cls --docs 64 --output bench_results/minilm_int8
+"""
+
+
+def _ints(value: str) -> list[int]:
+    try:
+        out = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers: {value!r}") from None
+    if any(v < 1 for v in out):
+        raise argparse.ArgumentTypeError("concurrency levels must be >= 1")
+    return out
+
+
+def _floats(value: str) -> list[float]:
+    try:
+        out = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers: {value!r}") from None
+    if any(v <= 0 for v in out):
+        raise argparse.ArgumentTypeError("rates must be > 0")
+    return out
+
+
+def _baselines(value: str) -> list[str]:
+    out = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in out if v not in ("ort", "naive")]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown baseline(s) {bad}: choose ort, naive")
+    return out
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="benchmark a running server: concurrency sweep, open loop, baselines",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s = p.add_argument_group("server")
+    s.add_argument("--url", help="server address (default 127.0.0.1:8001 gRPC, :8000 HTTP)")
+    s.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    s.add_argument("--model", default="document_classifier")
+    s.add_argument(
+        "--repository", metavar="DIR",
+        help="the served model repository: its tokenizer/chunking (windows, waste) and ONNX "
+        "files (baselines)",
+    )  # fmt: skip
+    c = p.add_argument_group("corpus")
+    c.add_argument("--docs", type=int, default=64, help="documents (default: %(default)s)")
+    c.add_argument("--seed", type=int, default=0, help="corpus seed (default: %(default)s)")
+    g = p.add_argument_group("load and measurement")
+    g.add_argument(
+        "--concurrency", type=_ints, default=[1, 2, 4, 8, 16, 32], metavar="N,N,...",
+        help="closed-loop levels (default: 1,2,4,8,16,32; '' for none)",
+    )  # fmt: skip
+    g.add_argument(
+        "--rate", type=_floats, default=[], metavar="R,R,...",
+        help="open-loop Poisson arrival rates in documents/s (default: none)",
+    )  # fmt: skip
+    g.add_argument("--warmup-s", type=float, default=5.0, help="per point (default: %(default)s)")
+    g.add_argument("--window-s", type=float, default=10.0, help="(default: %(default)s)")
+    g.add_argument(
+        "--min-window-docs", type=int, default=4,
+        help="extend a window until this many documents finished in it (default: %(default)s)",
+    )  # fmt: skip
+    g.add_argument(
+        "--stability", type=float, default=0.10,
+        help="windows agree when within this fraction of their mean (default: %(default)s)",
+    )  # fmt: skip
+    g.add_argument("--stable-windows", type=int, default=3, help="(default: %(default)s)")
+    g.add_argument(
+        "--max-point-s", type=float, default=120.0,
+        help="time limit per point; an unstable point reports all its windows "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    g.add_argument(
+        "--request-timeout", type=float, default=600.0, help="seconds (default: %(default)s)"
+    )
+    g.add_argument(
+        "--max-other-cores", type=float, default=None, metavar="C",
+        help="shared machines: measure a point or baseline again (after waiting for a quiet "
+        "machine) when other processes used more than C cores during it (default: off; "
+        "every point records the cores used by the server, this process and others)",
+    )  # fmt: skip
+    g.add_argument("--retries", type=int, default=2, help="for --max-other-cores (default: 2)")
+    b = p.add_argument_group("baselines (same process, same documents)")
+    b.add_argument(
+        "--baselines", nargs="?", const="ort,naive", type=_baselines, default=[],
+        metavar="ort,naive", help="run baselines (default when given: ort,naive)",
+    )  # fmt: skip
+    b.add_argument(
+        "--baseline-time-limit", type=float, default=300.0,
+        help="seconds per baseline (default: %(default)s)",
+    )  # fmt: skip
+    b.add_argument(
+        "--ort-threads", type=int, default=None,
+        help="in-process onnxruntime threads (default: all cores, like the server's default)",
+    )  # fmt: skip
+    b.add_argument(
+        "--ort-max-batch", type=int, default=None, metavar="N",
+        help="in-process onnxruntime: windows per call (default: the encoder's max_batch_size)",
+    )  # fmt: skip
+    src = b.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", metavar="DIR", help="PyTorch model of the naive baseline")
+    src.add_argument("--preset", help="preset architecture of the naive baseline")
+    b.add_argument("--head", help="pooling head of the naive model (default: the repository's)")
+    b.add_argument("--random-head", action="store_true", default=None, help="seeded head")
+    b.add_argument(
+        "--reference-repository", metavar="DIR",
+        help="another export whose decisions the served ones are compared with",
+    )  # fmt: skip
+    o = p.add_argument_group("output")
+    o.add_argument("--output", metavar="DIR", help="results.json, results.csv, PNG plot")
+    o.add_argument("--label", default="", help="name of this run in the results and plot")
+    o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    o.add_argument("--quiet", action="store_true", help="nothing on stderr")
+    o.add_argument(
+        "--render", metavar="DIR",
+        help="run nothing: rewrite DIR's results.csv, plot and summary.md from its results.json",
+    )  # fmt: skip
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from client.bench import BenchConfig, run_bench
+
+    if args.render:
+        import json
+        from pathlib import Path
+
+        from client.bench import write_results
+
+        out = Path(args.render)
+        write_results(json.loads((out / "results.json").read_text()), out)
+        return 0
+    if args.baselines and not args.repository:
+        print("longdoc bench: error: --baselines needs --repository DIR", file=sys.stderr)
+        return 2
+    if not args.concurrency and not args.rate:
+        print("longdoc bench: error: no load points (--concurrency / --rate)", file=sys.stderr)
+        return 2
+    url = args.url or ("127.0.0.1:8001" if args.protocol == "grpc" else "127.0.0.1:8000")
+    cfg = BenchConfig(
+        url=url, protocol=args.protocol, model=args.model, docs=args.docs, seed=args.seed,
+        concurrency=args.concurrency, rates=args.rate, warmup_s=args.warmup_s,
+        window_s=args.window_s, min_window_docs=args.min_window_docs,
+        stability=args.stability, stable_windows=args.stable_windows,
+        max_point_s=args.max_point_s, request_timeout_s=args.request_timeout,
+        max_other_cores=args.max_other_cores, retries=args.retries,
+        repository=args.repository, baselines=args.baselines,
+        baseline_time_limit_s=args.baseline_time_limit, ort_threads=args.ort_threads,
+        ort_max_batch=args.ort_max_batch,
+        checkpoint=args.checkpoint, preset=args.preset, head=args.head,
+        random_head=args.random_head, reference_repository=args.reference_repository,
+        output=args.output, label=args.label, progress=not (args.no_progress or args.quiet),
+        quiet=args.quiet,
+    )  # fmt: skip
+    try:
+        result = run_bench(cfg)
+    except (ValueError, FileNotFoundError, RuntimeError, ConnectionError) as exc:
+        print(f"longdoc bench: error: {exc}", file=sys.stderr)
+        return 1
+    if not args.output:
+        import json
+
+        print(json.dumps({k: result[k] for k in ("saturated", "corpus")}, indent=2, default=str))
+    failed = sum(p["errors"] for p in result["points"])
+    return 1 if failed else 0
