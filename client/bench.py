@@ -92,6 +92,7 @@ class BenchConfig:
     reference_repository: str | None = None  # decisions to agree with (e.g. FP32 for INT8)
     # Shared machines: a point (or baseline) during which other processes used more than
     # this many cores is measured again after the machine is quiet, up to `retries` times.
+    passes: int = 0  # > 0: closed-loop points do fixed work (the corpus this many times)
     max_other_cores: float | None = None
     retries: int = 2
     quiet_timeout_s: float = 900.0
@@ -166,6 +167,33 @@ def padding_waste(docs: list[BenchDoc]) -> dict:
         "tokens_computed": computed,
         "waste": computed / needed - 1 if needed else None,
     }
+
+
+WHATIF_BUCKETS = (
+    (512,), (128, 256, 384, 512), tuple(range(64, 513, 64)), tuple(range(32, 513, 32)),
+)  # fmt: skip
+
+
+def waste_whatif(texts: list[str], tokenizer, chunking) -> list[dict]:
+    """Padding waste of the same documents under other strategies and bucket sets (same
+    max_length and overlap), with the number of distinct window lengths each produces
+    (every distinct length is a separate batch queue in Triton's dynamic batcher)."""
+    from dataclasses import replace
+
+    out = []
+    for strategy in ("fixed", "balanced"):
+        for buckets in WHATIF_BUCKETS:
+            buckets = tuple(b for b in buckets if b <= chunking.max_length)
+            cfg = replace(chunking, strategy=strategy, seq_buckets=buckets)
+            docs = prepare_corpus(texts, tokenizer, cfg)
+            waste = padding_waste(docs)
+            out.append({
+                "strategy": strategy, "seq_buckets": list(cfg.seq_buckets),
+                "waste": waste["waste"], "tokens_computed": waste["tokens_computed"],
+                "distinct_seq_lens": len({d.seq_len for d in docs}),
+                "served": cfg == chunking,
+            })  # fmt: skip
+    return out
 
 
 def corpus_summary(docs: list[BenchDoc]) -> dict:
@@ -292,17 +320,26 @@ class Connection:
             raw = await self.client.get_inference_statistics()
         return parse_statistics(raw)
 
+    async def settled_statistics(self, interval: float = 0.05, timeout: float = 5.0) -> dict:
+        """Statistics once two reads agree: Triton records a request's counters just after
+        its answer leaves, so a read right after the last answer can miss it."""
+        deadline = time.perf_counter() + timeout
+        last = await self.statistics()
+        while time.perf_counter() < deadline:
+            await asyncio.sleep(interval)
+            snap = await self.statistics()
+            if _counter_key(snap) == _counter_key(last):
+                return snap
+            last = snap
+        return last
+
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until the server finishes leftover work (counters stop moving for 1 s), so
         one point's backlog does not spill into the next."""
         deadline = time.perf_counter() + timeout
         last = None
         while time.perf_counter() < deadline:
-            snap = await self.statistics()
-            key = tuple(
-                (n, c.inference_count, c.durations.get("success", (0, 0))[0])
-                for n, c in sorted(snap.items())
-            )
+            key = _counter_key(await self.statistics())
             if key == last:
                 return True
             last = key
@@ -311,6 +348,13 @@ class Connection:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def _counter_key(snap: dict[str, ModelCounters]) -> tuple:
+    return tuple(
+        (n, c.inference_count, c.durations.get("success", (0, 0))[0])
+        for n, c in sorted(snap.items())
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -427,6 +471,8 @@ async def measure_point(
         if bar is not None:
             bar.update(1)
 
+    if mode == "closed" and cfg.passes:
+        return await measure_pass(conn, int(level), cfg, bar, cpu)
     if mode == "closed":
         counter = iter(range(10**12))
 
@@ -499,6 +545,39 @@ async def measure_point(
             task.cancel()
     chosen = windows[-cfg.stable_windows :] if stable else windows
     point = summarize_point(mode, level, chosen, windows, stable, docs, started)
+    return point, samples
+
+
+async def measure_pass(
+    conn: Connection, concurrency: int, cfg: BenchConfig, bar=None, cpu: CpuMonitor | None = None
+) -> tuple[dict, list[Sample]]:
+    """Fixed work: every corpus document exactly ``cfg.passes`` times, in order, with
+    ``concurrency`` in flight; throughput is the work over the wall time from the first
+    request to the last answer (the ramp-down at the end included). Same documents as the
+    in-process baselines: the comparison that does not depend on which documents happened to
+    finish inside a window. Warm-up: the first ``concurrency`` documents, not counted."""
+    docs = conn.docs
+    warm = list(range(min(concurrency, len(docs))))
+    await asyncio.gather(*(conn.infer(i, time.perf_counter()) for i in warm))
+    order = iter([i for _ in range(cfg.passes) for i in range(len(docs))])
+    samples: list[Sample] = []
+
+    async def worker() -> None:
+        for index in order:
+            samples.append(await conn.infer(index, time.perf_counter()))
+            if bar is not None:
+                bar.update(1)
+
+    stats_start, cpu_start = await conn.settled_statistics(), cpu.snapshot() if cpu else None
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    ended = time.perf_counter()
+    cpu_end = cpu.snapshot() if cpu else None
+    stats_end = await conn.settled_statistics()
+    window = Window(started, ended + 1e-9, stats_start, stats_end, samples, 0, cpu_start, cpu_end)
+    window.chunks = sum(docs[s.doc].num_chunks for s in samples if s.error is None)
+    point = summarize_point("closed", concurrency, [window], [window], True, docs, started)
+    point["fixed_work_passes"] = cfg.passes
     return point, samples
 
 
@@ -716,6 +795,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     log(cfg, f"building the corpus: {cfg.docs} documents (seed {cfg.seed})...")
     docs = build_corpus(cfg.docs, cfg.seed, tokenizer, chunking)
     summary = corpus_summary(docs)
+    summary["waste_whatif"] = waste_whatif([d.text for d in docs], tokenizer, chunking)
     log(
         cfg,
         f"corpus: {summary['docs']} docs, {summary['tokens']:,} tokens, {summary['chunks']} "
@@ -896,6 +976,8 @@ def markdown_summary(result: dict) -> str:
         chk = p["server"].get("chunker", {})
         cores = p.get("cpu_cores") or {}
         load = f"c={p['concurrency']}" if p["mode"] == "closed" else f"{p['rate']:g}/s"
+        if p.get("fixed_work_passes"):
+            load += f" (fixed work, {p['fixed_work_passes']} pass)"
         lines.append(
             f"| {load} | {p['docs_per_s']:.2f} | {p['chunks_per_s']:.1f} | "
             f"{p['tokens_per_s']:,.0f} | {_f(lat['p50'], '.0f')} | {_f(lat['p90'], '.0f')} | "
@@ -906,6 +988,19 @@ def markdown_summary(result: dict) -> str:
             f"{_f(cores.get('server'), '.2f')} | {_f(cores.get('other'), '.2f')} | "
             f"{'yes' if p['stable'] else 'no'} |"
         )
+    if corpus.get("waste_whatif"):
+        lines += [
+            "",
+            "| strategy | buckets | padded-token waste | distinct lengths | served |",
+            "|---|---|---|---|---|",
+        ]
+        for w in corpus["waste_whatif"]:
+            b = w["seq_buckets"]
+            name = str(b[0]) if len(b) == 1 else f"{len(b)}: {b[0]}..{b[-1]}"
+            lines.append(
+                f"| {w['strategy']} | {name} | {w['waste']:.1%} | {w['distinct_seq_lens']} | "
+                f"{'yes' if w['served'] else ''} |"
+            )
     if result.get("baselines"):
         lines += [
             "",

@@ -123,6 +123,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(default: %(default)s)",
     )  # fmt: skip
     g.add_argument(
+        "--passes", type=int, default=0, metavar="K",
+        help="fixed work instead of windows: each closed-loop point sends every corpus "
+        "document K times (after a warm-up) and divides by the wall time: the same documents "
+        "as the baselines, for A/B comparisons (default: 0, windows)",
+    )  # fmt: skip
+    g.add_argument(
         "--request-timeout", type=float, default=600.0, help="seconds (default: %(default)s)"
     )
     g.add_argument(
@@ -195,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
         window_s=args.window_s, min_window_docs=args.min_window_docs,
         stability=args.stability, stable_windows=args.stable_windows,
         max_point_s=args.max_point_s, request_timeout_s=args.request_timeout,
-        max_other_cores=args.max_other_cores, retries=args.retries,
+        max_other_cores=args.max_other_cores, retries=args.retries, passes=args.passes,
         repository=args.repository, baselines=args.baselines,
         baseline_time_limit_s=args.baseline_time_limit, ort_threads=args.ort_threads,
         ort_max_batch=args.ort_max_batch,

@@ -58,17 +58,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--max-bytes", type=int, help="largest accepted document in bytes")
     s = p.add_argument_group("serving")
     s.add_argument("--max-batch-size", type=int, default=64, help="encoder chunks per batch")
-    s.add_argument("--preferred-batch-sizes", type=int, nargs="+", metavar="N",
-                   help="encoder batch sizes Triton aims for (default: per profile)")
+    s.add_argument(
+        "--preferred-batch-sizes",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="encoder batch sizes Triton aims for (default: per profile)",
+    )
     s.add_argument("--queue-delay-us", type=int, help="batching delay (default: per profile)")
     s.add_argument("--chunker-instances", type=int, help="(default: per profile)")
     s.add_argument("--encoder-instances", type=int, help="(default: per profile)")
     s.add_argument("--ort-threads", type=int, default=0, help="onnxruntime threads (0: all)")
     s.add_argument("--response-cache", action="store_true", help="cache repeated documents")
-    s.add_argument("--max-queue-size", type=int, default=0, metavar="N",
-                   help="encoder queue: refuse documents beyond N waiting (0: no limit)")
-    s.add_argument("--queue-timeout-us", type=int, default=0, metavar="US",
-                   help="encoder queue: refuse a document queued longer (0: no limit)")
+    s.add_argument(
+        "--max-queue-size",
+        type=int,
+        default=0,
+        metavar="N",
+        help="encoder queue: refuse documents beyond N waiting (0: no limit)",
+    )
+    s.add_argument(
+        "--queue-timeout-us",
+        type=int,
+        default=0,
+        metavar="US",
+        help="encoder queue: refuse a document queued longer (0: no limit)",
+    )
     p.add_argument("--skip-parity", action="store_true", help="skip the parity report")
     p.set_defaults(func=run)
 

@@ -174,6 +174,9 @@ def test_bench_grpc_with_baselines(tiny_server, tmp_path, capsys):
     corpus_ = result["corpus"]
     assert corpus_["docs"] == 6 and corpus_["chunks"] >= 6 and 0 <= corpus_["waste"] < 1
     assert sum(b["docs"] for b in corpus_["chunk_bins"].values()) == 6
+    whatif = corpus_["waste_whatif"]  # the served chunking is one of the what-if rows
+    assert len(whatif) == 8 and [w["served"] for w in whatif].count(True) == 1
+    assert next(w for w in whatif if w["served"])["waste"] == pytest.approx(corpus_["waste"])
     modes = [(p["mode"], p["concurrency"], p["rate"]) for p in result["points"]]
     assert modes == [("closed", 1, None), ("closed", 2, None), ("open", None, 4.0)]
     for p in result["points"]:
@@ -222,12 +225,17 @@ def test_bench_http(tiny_server, tmp_path, capsys):
     out = tmp_path / "http"
     code = main([
         "bench", "--url", served.http_url, "--protocol", "http", "--repository", str(repo),
-        "--docs", "4", "--concurrency", "2", *QUICK, "--output", str(out), "--no-progress",
+        "--docs", "4", "--concurrency", "2", "--passes", "2", "--output", str(out),
+        "--no-progress",
     ])  # fmt: skip
     assert code == 0, capsys.readouterr().err[-3000:]
     result = json.loads((out / "results.json").read_text())
     (point,) = result["points"]
-    assert point["docs"] > 0 and point["server"]["encoder"]["items"] > 0
+    # fixed work: every document exactly twice, all of it on the server's counters
+    assert point["fixed_work_passes"] == 2 and point["docs"] == 8
+    assert point["chunks"] == 2 * result["corpus"]["chunks"]
+    assert point["server"]["encoder"]["items"] == point["chunks"]
+    assert point["server"]["document_classifier"]["requests"] == 8
     assert "baselines" not in result
 
 

@@ -430,9 +430,7 @@ def test_killed_backend_stub_mid_load(load_repo, serve, workload, victim):
             "p50": round(float(np.median(failure_latency)), 2),
             "max": round(float(failure_latency.max()), 2),
         },
-        "kill_to_next_answer_s": round(ok_after_kill[0] - kill_at, 2)
-        if ok_after_kill
-        else None,
+        "kill_to_next_answer_s": round(ok_after_kill[0] - kill_at, 2) if ok_after_kill else None,
         "killed_stub_state": state,
         "stub_replaced": killed["pid"] not in [p.pid for p in _stubs(served)],
         "follow_up_requests": len(after.outcomes),
