@@ -69,6 +69,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--chunker-instances", type=int, help="(default: per profile)")
     s.add_argument("--encoder-instances", type=int, help="(default: per profile)")
     s.add_argument("--ort-threads", type=int, default=0, help="onnxruntime threads (0: all)")
+    s.add_argument(
+        "--ort-batch",
+        type=int,
+        metavar="N",
+        help="portable encoder: windows per onnxruntime call within a Triton batch "
+        "(0: the whole batch; default: 1, measured fastest on CPU)",
+    )
     s.add_argument("--response-cache", action="store_true", help="cache repeated documents")
     s.add_argument(
         "--max-queue-size",
@@ -119,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size, queue_delay_us=args.queue_delay_us,
         preferred_batch_sizes=preferred,
         chunker_instances=args.chunker_instances, encoder_instances=args.encoder_instances,
-        ort_threads=args.ort_threads, tensorrt=args.tensorrt, response_cache=args.response_cache,
+        ort_threads=args.ort_threads, ort_batch=args.ort_batch, tensorrt=args.tensorrt,
+        response_cache=args.response_cache,
         max_queue_size=args.max_queue_size, queue_timeout_us=args.queue_timeout_us,
     )  # fmt: skip
     spec = ExportSpec(

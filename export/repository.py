@@ -33,15 +33,15 @@ ENSEMBLE = "document_classifier"
 PROFILE_DEFAULTS: dict[str, dict] = {
     "portable": dict(
         preferred_batch_sizes=(8, 16, 32), queue_delay_us=2000, chunker_instances=2,
-        encoder_instances=1, aggregator_instances=1,
+        encoder_instances=1, aggregator_instances=1, ort_batch=1,
     ),
     "cpu": dict(
         preferred_batch_sizes=(8, 16, 32), queue_delay_us=2000, chunker_instances=2,
-        encoder_instances=1, aggregator_instances=1,
+        encoder_instances=1, aggregator_instances=1, ort_batch=0,
     ),
     "gpu": dict(
         preferred_batch_sizes=(32, 64), queue_delay_us=2000, chunker_instances=4,
-        encoder_instances=2, aggregator_instances=1,
+        encoder_instances=2, aggregator_instances=1, ort_batch=0,
     ),
 }  # fmt: skip
 
@@ -79,6 +79,12 @@ class ServingOptions:
     chunker_instances: int | None = None
     encoder_instances: int | None = None  # per GPU for KIND_GPU
     ort_threads: int = 0  # 0: onnxruntime's default (all cores)
+    # portable encoder: windows per onnxruntime call inside a Triton batch (0: the whole
+    # batch in one call). On CPU one window per call measured fastest (BENCHMARKS.md "make it
+    # fast": +13% FP32, +10% INT8 served): a 512-token window is already a large GEMM, and
+    # a big batch only adds memory traffic. Triton still batches, which saves the per-request
+    # Python-backend round trips.
+    ort_batch: int | None = None
     tensorrt: bool = False
     response_cache: bool = False
     warmup: bool = True
@@ -107,6 +113,10 @@ class ServingOptions:
         for name in ("chunker_instances", "encoder_instances", "aggregator_instances"):
             if getattr(out, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(out, name)})")
+        if out.ort_batch < 0:
+            raise ValueError(f"ort_batch must be >= 0 (got {out.ort_batch})")
+        if out.ort_batch and out.profile != "portable":
+            raise ValueError("ort_batch applies to the portable encoder (Python backend) only")
         return out
 
 
@@ -233,7 +243,11 @@ def encoder_config(
     head = 'name: "encoder"\n'
     if opts.profile == "portable":
         head += 'backend: "python"\n' + _params(
-            {"onnx_file": "model.onnx", "ort_threads": str(opts.ort_threads)}
+            {
+                "onnx_file": "model.onnx",
+                "ort_threads": str(opts.ort_threads),
+                "ort_batch": str(opts.ort_batch),
+            }
         )
     else:
         head += 'backend: "onnxruntime"\ndefault_model_filename: "model.onnx"\n'

@@ -441,3 +441,16 @@ def test_gpu_check_script_knows_the_presets_and_the_ceiling():
     assert re.match(r"33\d", f"{flops / 1e9:.0f}")  # DESIGN.md: ~335 GFLOP per chunk
     assert abs(checks.PEAK_TFLOPS * 1e12 / flops - checks.CEILING_CHUNKS_PER_S) < 50
     assert checks.CEILING_CHUNKS_PER_S == repository.GPU_CEILING_CHUNKS_PER_S
+
+
+def test_portable_encoder_runs_one_window_per_onnxruntime_call_by_default(repos):
+    """The measured CPU default (BENCHMARKS.md); other profiles run the whole batch and
+    refuse the knob, which their onnxruntime backend does not have."""
+    text = (repos["portable"][0] / "encoder" / "config.pbtxt").read_text()
+    assert 'key: "ort_batch" value: { string_value: "1" }' in text
+    assert ServingOptions(profile="portable", ort_batch=0).resolved().ort_batch == 0
+    assert ServingOptions(profile="cpu").resolved().ort_batch == 0
+    with pytest.raises(ValueError, match="portable"):
+        ServingOptions(profile="cpu", ort_batch=4).resolved()
+    with pytest.raises(ValueError, match=">= 0"):
+        ServingOptions(ort_batch=-1).resolved()

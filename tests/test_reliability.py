@@ -135,7 +135,9 @@ def load_repo(tmp_path_factory) -> Path:
         head=HEAD,
         num_labels=3,
         chunking=CHUNKING,
-        serving=ServingOptions(**LOAD_QUEUE),
+        # ort_batch=0: the whole-batch onnxruntime path, checked here against the reference
+        # under load (the other served tests run the portable default, one window per call)
+        serving=ServingOptions(**LOAD_QUEUE, ort_batch=0),
     )
     run(spec, log=lambda *_: None)
     return out

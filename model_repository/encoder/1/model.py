@@ -1,7 +1,8 @@
 """Triton Python backend (`portable` profile): the ONNX encoder through onnxruntime.
 
 Triton's dynamic batcher hands over several requests (the chunks of several documents, all
-of one sequence length); they become ONE onnxruntime call, then the rows are split back.
+of one sequence length); they are concatenated and run through onnxruntime ``ort_batch``
+windows per call (0: all in one call), then the rows are split back per request.
 """
 
 import json
@@ -23,6 +24,7 @@ class TritonPythonModel:
         here = Path(args["model_repository"]) / args["model_version"]
         threads = int(_param(config, "ort_threads", "0"))
         self.session = make_session(here / _param(config, "onnx_file", "model.onnx"), threads)
+        self.ort_batch = int(_param(config, "ort_batch", "0"))
 
     def execute(self, requests):
         ids = [pb_utils.get_input_tensor_by_name(r, "input_ids").as_numpy() for r in requests]
@@ -38,7 +40,13 @@ class TritonPythonModel:
                 "input_ids": np.concatenate([ids[i] for i in indices]).astype(np.int64),
                 "attention_mask": np.concatenate([masks[i] for i in indices]).astype(np.int64),
             }
-            vectors = self.session.run([ENCODER_OUTPUT], feeds)[0].astype(np.float32)
+            rows = len(feeds["input_ids"])
+            step = self.ort_batch or rows
+            parts = [
+                self.session.run([ENCODER_OUTPUT], {k: v[i : i + step] for k, v in feeds.items()})
+                for i in range(0, rows, step)
+            ]
+            vectors = np.concatenate([p[0] for p in parts]).astype(np.float32)
             start = 0
             for i in indices:
                 outputs[i] = vectors[start : start + len(ids[i])]
