@@ -21,6 +21,8 @@ COPY longdoc ./longdoc
 COPY export ./export
 COPY server ./server
 COPY client ./client
+# the Python-backend model.py files, shipped in the wheel as longdoc.model_sources
+COPY model_repository ./model_repository
 RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 # ---------------------------------------------------------------------------------------

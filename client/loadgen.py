@@ -281,6 +281,29 @@ def tree_rss_mb(pid: int, names: tuple[str, ...] = ("tritonserver", "triton_pyth
     return total / 2**20
 
 
+def tree_footprint(pid: int, names: tuple[str, ...] = ("tritonserver", "triton_python")) -> dict:
+    """Memory of ``pid``'s tree (same filter as ``tree_rss_mb``) with each page counted once
+    (PSS, Linux), in MiB: ``private`` (anonymous: heaps, buffers) and ``shared`` (shared
+    memory: the Python backend's pools, which tritonserver and a stub both map)."""
+    import psutil
+
+    total = {"private": 0.0, "shared": 0.0}
+    for proc in server_tree(pid):
+        try:
+            if not proc.name().startswith(names):
+                continue
+            with open(f"/proc/{proc.pid}/smaps_rollup") as rollup:
+                for line in rollup:
+                    key, _, value = line.partition(":")
+                    if key == "Pss_Anon":
+                        total["private"] += int(value.split()[0]) / 1024
+                    elif key == "Pss_Shmem":
+                        total["shared"] += int(value.split()[0]) / 1024
+        except (psutil.Error, OSError):
+            continue
+    return {k: round(v, 1) for k, v in total.items()}
+
+
 def tree_memory(pid: int, names: tuple[str, ...] = ("tritonserver", "triton_python")) -> list:
     """Per process of ``pid``'s tree (same filter as ``tree_rss_mb``): name (the model
     instance for a stub), RSS and its anonymous and shared-memory parts, in MiB (Linux)."""

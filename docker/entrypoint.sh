@@ -17,6 +17,10 @@
 #   LONGDOC_EXTRA_RESTRICTED_APIS  more APIs behind the key, e.g. "model-config,statistics"
 #   LONGDOC_LOG_VERBOSE          Triton's --log-verbose level (default 0)
 #   LONGDOC_EXIT_TIMEOUT_S       seconds Triton waits for in-flight requests on SIGTERM (30)
+#   LONGDOC_ALLOCATOR            auto (default: jemalloc when the image has it), jemalloc, glibc.
+#                                glibc keeps the high-water mark of huge requests (gRPC
+#                                buffers, tokenizer heap); jemalloc gives it back (RELIABILITY.md)
+#   LONGDOC_JEMALLOC             path to libjemalloc.so when not in /usr/lib/<arch>-linux-gnu
 # Extra arguments are passed on to tritonserver, except those that would undo the lock-down.
 set -euo pipefail
 
@@ -62,6 +66,35 @@ done
 [[ -d "$repo" ]] || die "model repository $repo does not exist (mount it or build the" \
     "serve-bundled target)"
 
+# --- allocator: jemalloc gives memory back after huge requests (Triton's release notes
+# recommend it; NGC's tritonserver images ship it). The stubs inherit LD_PRELOAD.
+allocator="${LONGDOC_ALLOCATOR:-auto}"
+case "$allocator" in
+    auto | jemalloc | glibc) ;;
+    *) die "LONGDOC_ALLOCATOR must be auto, jemalloc or glibc, got '$allocator'" ;;
+esac
+if [[ "$allocator" != glibc ]]; then
+    jemalloc=""
+    arch="$(uname -m)"
+    for lib in "${LONGDOC_JEMALLOC:-}" "/usr/lib/$arch-linux-gnu/libjemalloc.so.2" \
+        "/usr/lib/$arch-linux-gnu/libjemalloc.so" /usr/lib64/libjemalloc.so.2 \
+        /usr/local/lib/libjemalloc.so.2; do
+        if [[ -n "$lib" && -f "$lib" ]]; then
+            jemalloc="$lib"
+            break
+        fi
+    done
+    if [[ -n "$jemalloc" ]]; then
+        export LD_PRELOAD="$jemalloc${LD_PRELOAD:+:$LD_PRELOAD}"
+        export MALLOC_CONF="${MALLOC_CONF:-background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0}"
+        allocator=jemalloc
+    elif [[ "$allocator" == jemalloc ]]; then
+        die "LONGDOC_ALLOCATOR=jemalloc but no libjemalloc found (set LONGDOC_JEMALLOC)"
+    else
+        allocator=glibc
+    fi
+fi
+
 restricted="model-repository,shared-memory,logging,trace"
 if [[ -n "${LONGDOC_EXTRA_RESTRICTED_APIS:-}" ]]; then
     [[ "$LONGDOC_EXTRA_RESTRICTED_APIS" =~ ^[a-z-]+(,[a-z-]+)*$ ]] \
@@ -91,12 +124,17 @@ args=(
     --metrics-address=0.0.0.0 "--metrics-port=$metrics_port"
     --allow-metrics=true --allow-gpu-metrics=true --allow-cpu-metrics=true
     "--log-verbose=$log_verbose"
+    # gRPC request objects are pooled for reuse with the capacity of the largest message
+    # they held (8 x a 50 MB document stayed allocated); per-request objects cost nothing
+    # next to a document (RELIABILITY.md)
+    --grpc-infer-allocation-pool-size=0
 )
 if ((cache_mb > 0)); then
     args+=("--cache-config=local,size=$((cache_mb * 1024 * 1024))")
 fi
 # Logged before the key is added, so the key never reaches the logs.
-echo "longdoc-entrypoint: tritonserver ${args[*]} $* (restricted: $restricted)" >&2
+echo "longdoc-entrypoint: tritonserver ${args[*]} $* (restricted: $restricted;" \
+    "malloc: $allocator)" >&2
 args+=(
     "--http-restricted-api=$restricted:admin-key=$key"
     "--grpc-restricted-protocol=$restricted:admin-key=$key"

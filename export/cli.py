@@ -54,7 +54,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--overlap", type=int, help="tokens shared by neighbours (default 128)")
     g.add_argument("--max-chunks", type=int, help="windows per document (default 64)")
     g.add_argument("--overflow", choices=("error", "head", "head_tail"))
-    g.add_argument("--strategy", choices=("fixed", "balanced"))
+    g.add_argument(
+        "--strategy",
+        choices=("fixed", "balanced"),
+        help="fixed: full windows, a short last one; balanced: tokens spread evenly over "
+        "the windows (default: fixed)",
+    )
+    g.add_argument(
+        "--seq-buckets",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="lengths windows are padded to, the smallest that fits (default: 128 256 384 "
+        "512); max-length is always one",
+    )
     g.add_argument("--max-bytes", type=int, help="largest accepted document in bytes")
     s = p.add_argument_group("serving")
     s.add_argument("--max-batch-size", type=int, default=64, help="encoder chunks per batch")
@@ -114,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
             "max_length": args.max_length, "overlap": args.overlap,
             "max_chunks": args.max_chunks, "overflow": args.overflow,
             "strategy": args.strategy, "max_bytes": args.max_bytes,
+            "seq_buckets": tuple(args.seq_buckets) if args.seq_buckets else None,
         }.items()
         if value is not None
     }  # fmt: skip

@@ -23,8 +23,23 @@ from pathlib import Path
 from longdoc.chunking import ChunkingConfig
 
 PROFILES = ("portable", "cpu", "gpu")
-# The committed sources of the Python-backend models (model_repository/ in this checkout).
-SOURCE_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
+
+
+def _source_repository() -> Path:
+    """Where the committed Python-backend model.py files are: model_repository/ in a source
+    checkout, else the copy a wheel install ships as package data (longdoc.model_sources)."""
+    checkout = Path(__file__).resolve().parent.parent / "model_repository"
+    if (checkout / "chunker" / "1" / "model.py").is_file():
+        return checkout
+    from importlib.util import find_spec
+
+    spec = find_spec("longdoc.model_sources")  # a namespace package: no __init__.py
+    if spec is None or not spec.submodule_search_locations:
+        return checkout  # neither: export says which model.py is missing
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+SOURCE_REPOSITORY = _source_repository()
 ENSEMBLE = "document_classifier"
 
 # Defaults per profile for the ServingOptions fields left at None. portable/cpu: the values

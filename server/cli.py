@@ -101,6 +101,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(default: %(default)s)",
     )
     p.add_argument(
+        "--allocator",
+        choices=("auto", "jemalloc", "glibc"),  # server.launcher.ALLOCATORS
+        default="auto",
+        help="malloc for tritonserver and its stubs: jemalloc gives memory back after huge "
+        "requests, glibc keeps its high-water mark; auto: jemalloc when installed "
+        "(apt-get install libjemalloc2) (default: %(default)s)",
+    )
+    p.add_argument(
         "--triton-arg",
         action="append",
         default=[],
@@ -150,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
                 response_cache_bytes=args.response_cache_mb * 1024 * 1024 or None,
                 extra_args=args.triton_arg,
                 ready_timeout=args.ready_timeout,
+                allocator=args.allocator,
             )
             admin_key = handle.admin_key  # a restart keeps the key (and a generated one)
             _announce(handle, args)
@@ -205,6 +214,13 @@ def _announce(handle, args: argparse.Namespace) -> None:
         lines.append(f"  metrics  http://{handle.metrics_url}/metrics")
     lines += [
         f"  log      {handle.log_path}",
+        f"  malloc   {handle.allocator}"
+        + (
+            ""
+            if handle.allocator == "jemalloc"
+            else " (no jemalloc: huge requests leave "
+            "a high-water mark; apt-get install libjemalloc2)"
+        ),
         f"  admin    {','.join(ADMIN_APIS)} need the key as HTTP header "
         f"'{ADMIN_HEADER}' or gRPC metadata '{GRPC_ADMIN_HEADER}'; {key_note}",
         "Ctrl-C or SIGTERM stops the server.",

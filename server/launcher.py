@@ -181,6 +181,55 @@ def _launch_env(binary: Path) -> tuple[dict[str, str], list[str]]:
     return env, flags
 
 
+# --------------------------------------------------------------------------- allocator
+
+# glibc's malloc keeps what a huge request made it allocate (a chunker stub kept ~45 MB
+# after a 50 MB document, and ~330 MB of tokenizer heap after a million tokens before it
+# learnt to malloc_trim; RELIABILITY.md, "Memory around hostile input"). jemalloc with a
+# background thread gives freed pages back to the kernel within about a second. Triton's
+# release notes recommend it (their containers ship it: LD_PRELOAD). The stubs inherit it.
+JEMALLOC_ENV = "LONGDOC_JEMALLOC"  # path to libjemalloc.so, if not in a standard place
+JEMALLOC_PATHS = (
+    "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+    "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
+    "/usr/lib64/libjemalloc.so.2",
+    "/usr/local/lib/libjemalloc.so.2",
+    "/usr/lib/x86_64-linux-gnu/libjemalloc.so",
+    "/usr/lib/aarch64-linux-gnu/libjemalloc.so",
+)
+JEMALLOC_CONF = "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0"
+GRPC_REQUEST_POOL = 0  # --grpc-infer-allocation-pool-size (Triton's default: 8); see build_command
+ALLOCATORS = ("auto", "jemalloc", "glibc")
+
+
+def find_jemalloc() -> str | None:
+    """libjemalloc's path ($LONGDOC_JEMALLOC, then the usual Debian/RHEL places), or None."""
+    for candidate in (os.environ.get(JEMALLOC_ENV), *JEMALLOC_PATHS):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return None
+
+
+def apply_allocator(env: dict[str, str], allocator: str) -> str:
+    """Set `env` up for `allocator` ("auto": jemalloc when installed, else glibc) and return
+    the one in use. Raises ServerStartError for "jemalloc" when it is not installed."""
+    if allocator not in ALLOCATORS:
+        raise ValueError(f"allocator must be one of {ALLOCATORS} (got {allocator!r})")
+    library = find_jemalloc() if allocator != "glibc" else None
+    if library is None:
+        if allocator == "jemalloc":
+            raise ServerStartError(
+                "jemalloc requested but not found: install it (Debian/Ubuntu: apt-get install "
+                f"libjemalloc2) or point ${JEMALLOC_ENV} at libjemalloc.so"
+            )
+        return "glibc"
+    preload = env.get("LD_PRELOAD", "")
+    if library not in preload.split(":"):
+        env["LD_PRELOAD"] = f"{library}:{preload}" if preload else library
+    env.setdefault("MALLOC_CONF", JEMALLOC_CONF)
+    return "jemalloc"
+
+
 @lru_cache(maxsize=8)
 def _help_text(binary: str, ld_library_path: str) -> str:
     """`tritonserver --help`, to ask the build which flags it knows."""
@@ -363,6 +412,7 @@ class ServerHandle:
     admin_key: str = field(repr=False)
     admin_key_file: Path | None = None  # set when the key was generated for this run
     exit_timeout: float = 20.0  # what tritonserver was told (--exit-timeout-secs)
+    allocator: str = "glibc"  # malloc of tritonserver and its stubs (see apply_allocator)
 
     @property
     def pid(self) -> int:
@@ -473,6 +523,13 @@ def build_command(
             cmd.append(f"--metrics-address={host}")
     if response_cache_bytes:
         cmd.append(f"--cache-config=local,size={int(response_cache_bytes)}")
+    if "--grpc-infer-allocation-pool-size" in help_text and not any(
+        a.startswith("--grpc-infer-allocation-pool-size") for a in extra_args
+    ):
+        # Triton keeps gRPC request objects for reuse, each with the capacity of the
+        # largest message it held: 50 MB documents left ~50 MB per pooled object (up to
+        # 8) for good. Per-request objects cost microseconds next to a document.
+        cmd.append(f"--grpc-infer-allocation-pool-size={GRPC_REQUEST_POOL}")
     cmd.extend(extra_args)
     return cmd
 
@@ -491,6 +548,7 @@ def start_server(
     ready_timeout: float = 120.0,
     exit_timeout: int = 20,
     tritonserver: str | os.PathLike[str] | None = None,
+    allocator: str = "auto",
 ) -> ServerHandle:
     """Run tritonserver on `model_repository` and return once `/v2/health/ready` is 200.
 
@@ -502,12 +560,15 @@ def start_server(
     turns metrics off. `response_cache_bytes` sizes the local response cache used by
     models whose config enables `response_cache`. `exit_timeout` bounds how long a stop
     waits for in-flight requests and open connections (`--exit-timeout-secs`).
+    `allocator`: "auto" runs tritonserver and its stubs on jemalloc when it is installed
+    (memory freed after huge requests goes back to the kernel), else on glibc's malloc.
     """
     repo = Path(model_repository).resolve()
     if not repo.is_dir():
         raise ServerStartError(f"model repository {repo} is not a directory")
     binary = Path(tritonserver) if tritonserver else find_tritonserver()
     env, install_flags = _launch_env(binary)
+    allocator = apply_allocator(env, allocator)
 
     if log_path is None:
         log_file = Path(tempfile.mkdtemp(prefix="longdoc-serve-")) / "tritonserver.log"
@@ -558,6 +619,7 @@ def start_server(
         admin_key=admin_key,
         admin_key_file=key_file,
         exit_timeout=float(exit_timeout),
+        allocator=allocator,
     )
     try:
         ready = wait_ready(handle.http_url, ready_timeout, alive=handle.is_alive)

@@ -201,6 +201,8 @@ def test_bench_grpc_with_baselines(tiny_server, tmp_path, capsys):
         assert b["docs"] > 0 and b["docs_per_s"] > 0 and b["tokens_per_s"] > 0, name
     assert result["ratios"]["served_over_ort_batched"] > 0
     assert result["ratios"]["served_over_naive"] > 0
+    assert result["ratios"]["served_over_best_ort"] <= result["ratios"]["served_over_ort_batched"]
+    assert result["repository"]["ort_batch"] == 1  # the portable default
     assert result["ratios"]["conc1_added_ms_per_doc"]["docs"] > 0
     # same ONNX files, same windows: the server decides exactly as in-process onnxruntime
     assert result["agreement"]["served_vs_ort_batched"]["rate"] == 1.0

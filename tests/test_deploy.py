@@ -31,6 +31,8 @@ from pathlib import Path
 import pytest
 import yaml  # PyYAML: a dependency of kubernetes-validate (and of transformers)
 
+from server.launcher import JEMALLOC_PATHS
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
@@ -248,6 +250,23 @@ def refused(result, got, message: str):
     assert message in result.stderr, result.stderr
 
 
+def test_allocator_jemalloc_when_present_glibc_when_asked(fake):
+    """jemalloc (found or named) goes into LD_PRELOAD for tritonserver and its stubs;
+    LONGDOC_ALLOCATOR=glibc leaves it out; asking for jemalloc where there is none fails."""
+    key = {"LONGDOC_ADMIN_KEY": "k" * 32}
+    lib = fake.tmp / "libjemalloc.so.2"
+    lib.write_bytes(b"")
+    result, got, env = fake({**key, "LONGDOC_JEMALLOC": str(lib)})
+    assert got is not None and f"LD_PRELOAD={lib}" in env and "background_thread:true" in env
+    assert "malloc: jemalloc" in result.stderr
+    result, got, env = fake({**key, "LONGDOC_JEMALLOC": str(lib), "LONGDOC_ALLOCATOR": "glibc"})
+    assert got is not None and "LD_PRELOAD" not in env and "malloc: glibc" in result.stderr
+    missing = {"LONGDOC_JEMALLOC": str(fake.tmp / "none.so")}
+    if not any(Path(p).is_file() for p in JEMALLOC_PATHS):
+        refused(*fake({**key, **missing, "LONGDOC_ALLOCATOR": "jemalloc"})[:2], "no libjemalloc")
+    refused(*fake({**key, "LONGDOC_ALLOCATOR": "tcmalloc"})[:2], "must be auto, jemalloc")
+
+
 def test_refuses_to_start_without_a_key(fake):
     refused(*fake()[:2], "no admin key")
     refused(*fake({"LONGDOC_ADMIN_KEY": ""})[:2], "no admin key")
@@ -283,6 +302,7 @@ def test_locked_down_command_line(fake):
     assert f"--http-restricted-api={LOCKED_APIS}:admin-key={KEY}" in args
     assert f"--grpc-restricted-protocol={LOCKED_APIS}:admin-key={KEY}" in args
     for flag in (
+        "--grpc-infer-allocation-pool-size=0",  # no pooled 50 MB request buffers
         "--http-address=0.0.0.0",
         "--grpc-address=0.0.0.0",
         "--metrics-address=0.0.0.0",

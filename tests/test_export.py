@@ -142,3 +142,37 @@ def test_cli_export_end_to_end(tmp_path, classifier_checkpoint):
     assert "PASS" in result.stderr
     report = json.loads((out / "export_report.json").read_text())
     assert report["parity"]["passed"] and report["head"] == "logits-mean"
+
+
+def test_export_works_from_a_wheel_install(tmp_path):
+    """A wheel carries the Python-backend model.py files (package data), so `longdoc export`
+    does not need a source checkout: build the wheel, import it from outside the checkout."""
+    from pathlib import Path
+    from zipfile import ZipFile
+
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "-w", str(tmp_path / "dist"), str(root)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    (wheel,) = (tmp_path / "dist").glob("longdoc-*.whl")
+    site = tmp_path / "site"
+    ZipFile(wheel).extractall(site)
+    for name in ("chunker", "encoder", "aggregator"):
+        assert (site / "longdoc" / "model_sources" / name / "1" / "model.py").is_file()
+    out = tmp_path / "repo"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, export.repository as r; from longdoc.cli import main; "
+         "assert str(r.SOURCE_REPOSITORY).startswith(sys.argv[1]), r.SOURCE_REPOSITORY; "
+         "sys.exit(main(sys.argv[2:]))",
+         str(site), "export", "--preset", "tiny", "--skip-parity", "--output", str(out)],
+        cwd=tmp_path, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("chunker", "encoder", "aggregator"):
+        assert (out / name / "1" / "model.py").read_bytes() == (
+            root / "model_repository" / name / "1" / "model.py"
+        ).read_bytes()

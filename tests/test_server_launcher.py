@@ -33,6 +33,7 @@ from server.launcher import (
     GRPC_ADMIN_HEADER,
     ServerHandle,
     ServerStartError,
+    find_jemalloc,
     find_tritonserver,
     free_ports,
     is_ready,
@@ -103,6 +104,16 @@ def test_ready_and_bound_to_loopback(server: ServerHandle) -> None:
         assert all(not set(a) <= {"0"} for a in addresses), f"{port} bound to a wildcard"
     log = server.log_path.read_text()
     assert "Creating TritonCache with name: 'local'" in log  # response cache configured
+    # no pooled gRPC request objects (they keep the capacity of the largest message),
+    # and jemalloc under tritonserver and its stubs when installed (RELIABILITY.md)
+    cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes().split(b"\0")
+    assert b"--grpc-infer-allocation-pool-size=0" in cmdline
+    environ = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
+    preload = [e for e in environ if e.startswith(b"LD_PRELOAD=")]
+    if find_jemalloc():
+        assert server.allocator == "jemalloc" and b"jemalloc" in preload[0]
+    else:
+        assert server.allocator == "glibc" and not any(b"jemalloc" in e for e in preload)
 
 
 def _listen_addresses(port: int) -> list[str]:
