@@ -480,7 +480,12 @@ def test_real_triton_accepts_the_flags_and_enforces_the_lock_down(tmp_path):
 # Manifests
 # ---------------------------------------------------------------------------------------
 
-NOT_IN_KUSTOMIZATION = {"secret.example.yaml", "export-job.yaml", "prometheus-adapter-config.yaml"}
+NOT_IN_KUSTOMIZATION = {
+    "secret.example.yaml",
+    "export-job.yaml",
+    "prometheus-adapter-config.yaml",
+    "ingress.example.yaml",
+}
 KUBERNETES_VERSIONS = ("1.27.0", None)  # oldest supported here, and the newest schemas
 
 
@@ -542,6 +547,7 @@ CORE_KINDS = {
     "Service",
     "HorizontalPodAutoscaler",
     "Job",
+    "Ingress",
 }
 CUSTOM_KINDS = {
     "Kustomization",
@@ -689,6 +695,35 @@ def test_service_monitor_scrapes_each_pod_once_on_the_metrics_port():
     ports = {p["name"] for p in matched[0]["spec"]["ports"]}
     for endpoint in monitor["spec"]["endpoints"]:
         assert endpoint["port"] in ports and endpoint["path"] == "/metrics"
+
+
+def test_ingress_limits_the_body_and_exposes_inference_only():
+    """The edge refuses bodies Triton would otherwise receive in full (RELIABILITY.md):
+    the limit admits a document of max_bytes and stays within a few times that."""
+    from longdoc.chunking import ChunkingConfig
+
+    max_mb = ChunkingConfig().max_bytes / 1e6
+    for name, port, paths in (
+        ("longdoc-http", "http", {"/v2/models/document_classifier/infer", "/v2/health"}),
+        (
+            "longdoc-grpc",
+            "grpc",
+            {
+                "/inference.GRPCInferenceService/ModelInfer",
+                "/inference.GRPCInferenceService/ServerReady",
+            },
+        ),
+    ):
+        ingress = one("Ingress", name=name)
+        limit = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
+        assert limit.endswith("m") and max_mb < float(limit[:-1]) <= 4 * max_mb, limit
+        assert ingress["spec"]["tls"], "gRPC through ingress-nginx needs TLS"
+        (rule,) = ingress["spec"]["rules"]
+        got = {p["path"]: p["backend"]["service"] for p in rule["http"]["paths"]}
+        assert set(got) == paths  # no admin API is routed
+        assert all(s == {"name": "longdoc", "port": {"name": port}} for s in got.values())
+    grpc = one("Ingress", name="longdoc-grpc")["metadata"]["annotations"]
+    assert grpc["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPC"
 
 
 def test_kustomization_lists_existing_files_and_leaves_out_the_manual_ones():
