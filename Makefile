@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install jemalloc demo test lint clean
+.PHONY: install system-packages demo test lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,27 +14,32 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# jemalloc: `longdoc serve` runs Triton on it when installed, so memory that huge requests
-# took goes back to the kernel (RELIABILITY.md). Installed here when apt-get can (as root);
-# otherwise serving falls back to glibc malloc and the jemalloc memory test skips, saying so.
-JEMALLOC_LIB := $(wildcard /usr/lib/*-linux-gnu/libjemalloc.so.2 /usr/lib64/libjemalloc.so.2)
-jemalloc:
-ifeq ($(JEMALLOC_LIB),)
+# System packages used when present: libjemalloc2 (`longdoc serve` runs Triton on it, so
+# memory that huge requests took goes back to the kernel) and nginx-light (the test of a
+# request-size limit in front of Triton). RELIABILITY.md has both. Installed here with
+# apt-get when run as root; otherwise serving uses glibc malloc and those tests skip,
+# saying so.
+NEED_JEMALLOC := $(if $(wildcard /usr/lib/*-linux-gnu/libjemalloc.so.2 /usr/lib64/libjemalloc.so.2),,libjemalloc2)
+NEED_NGINX := $(if $(wildcard /usr/sbin/nginx /usr/bin/nginx /usr/local/sbin/nginx),,nginx-light)
+SYSTEM_PACKAGES := $(strip $(NEED_JEMALLOC) $(NEED_NGINX))
+system-packages:
+ifneq ($(SYSTEM_PACKAGES),)
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
-		echo "installing libjemalloc2 (apt-get)"; \
-		timeout 300 apt-get install -y -q libjemalloc2 > /dev/null 2>&1 \
-		|| { timeout 300 apt-get update -q > /dev/null 2>&1 \
-		     && timeout 300 apt-get install -y -q libjemalloc2 > /dev/null 2>&1; } \
-		|| echo "warning: could not install libjemalloc2; glibc malloc it is"; \
+		echo "installing $(SYSTEM_PACKAGES) (apt-get)"; \
+		{ timeout 300 apt-get install -y -q $(SYSTEM_PACKAGES) > /dev/null 2>&1 \
+		  || { timeout 300 apt-get update -q > /dev/null 2>&1 \
+		       && timeout 300 apt-get install -y -q $(SYSTEM_PACKAGES) > /dev/null 2>&1; }; } \
+		|| echo "warning: could not install $(SYSTEM_PACKAGES); see RELIABILITY.md"; \
+		if command -v service > /dev/null; then service nginx stop > /dev/null 2>&1 || true; fi; \
 	else \
-		echo "note: libjemalloc2 not installed (apt-get install libjemalloc2); glibc malloc it is"; \
+		echo "note: $(SYSTEM_PACKAGES) not installed (apt-get install $(SYSTEM_PACKAGES))"; \
 	fi
 endif
 
-demo: $(STAMP) jemalloc
+demo: $(STAMP) system-packages
 	$(BIN)/longdoc demo
 
-test: $(STAMP) jemalloc
+test: $(STAMP) system-packages
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests
 

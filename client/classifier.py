@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -203,7 +204,13 @@ def _grpc_dict(message) -> dict:
 
 def _message(exc: BaseException) -> str:
     text = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
-    return (text or type(exc).__name__).strip()
+    text = (text or type(exc).__name__).strip()
+    # A proxy in front of Triton (ingress, nginx) answers with an HTML page, which
+    # tritonclient.http reports as a JSON parse error; say what the page says instead.
+    title = re.search(r"<title>\s*([^<]{1,200}?)\s*</title>", text, re.IGNORECASE)
+    if title and "decoding the response" in text:
+        return f"HTTP {title.group(1)} (from a proxy in front of the server)"
+    return text
 
 
 def _fill(result: Classification, response) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 import time
 import types
@@ -569,3 +570,113 @@ def test_memory_returns_to_baseline_after_hostile_burst(repo, serve, model, allo
     else:
         assert max(p["rss"] for p in huge) <= baseline["rss"] + HUGE_CEILING_MB, figures
         assert after_small_again["rss"] <= huge[-1]["rss"] + SMALL_BURST_TOLERANCE_MB, figures
+
+
+NGINX_CONF = """
+{user}worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    client_max_body_size 8m;  # deploy/k8s/ingress.example.yaml: proxy-body-size 8m
+    server {{
+        listen 127.0.0.1:{http_port};
+        location / {{ proxy_pass http://{http_url}; proxy_http_version 1.1; }}
+    }}
+    server {{
+        listen 127.0.0.1:{grpc_port} http2;
+        location / {{ grpc_pass grpc://{grpc_url}; }}
+    }}
+}}
+"""
+
+
+def test_request_size_limit_in_front_keeps_memory_at_baseline(repo, serve, model, tmp_path):
+    """The production remedy for the one thing Triton keeps after a huge request (the
+    Python backend's shared-memory pool, which grows to the largest request a chunker
+    instance received): a body limit in front, as in deploy/k8s/ingress.example.yaml.
+    Real nginx with that limit in front of a real server: good documents pass and equal the
+    reference, 50 MB documents are refused at the edge over HTTP and gRPC, and the server's
+    memory (private and shared, each page once) stays at its baseline."""
+    import shutil
+    import subprocess
+
+    from client.loadgen import tree_footprint
+    from server.launcher import free_ports, wait_ready
+
+    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    if nginx is None:
+        pytest.skip("nginx is not installed (apt-get install nginx-light)")
+    served = serve(repo)
+    http_port, grpc_port = free_ports(2)
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(
+        NGINX_CONF.format(
+            user="user root;\n" if hasattr(os, "geteuid") and os.geteuid() == 0 else "",
+            tmp=tmp_path,
+            http_port=http_port,
+            grpc_port=grpc_port,
+            http_url=served.http_url,
+            grpc_url=served.grpc_url,
+        )  # fmt: skip
+    )
+    proxy = subprocess.Popen(
+        [nginx, "-c", str(conf), "-p", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    front = {"http": f"127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}"}
+    try:
+        assert wait_ready(front["http"], timeout=30, alive=lambda: proxy.poll() is None), (
+            proxy.stderr.read().decode() if proxy.poll() is not None else "nginx not ready"
+        )
+        pid = served.process.pid
+        good = [corpus.document(n, seed=500 + n) for n in (60, 900)]
+        expected = reference(model, good)
+
+        def through_front(docs):
+            out = {}
+            for protocol in PROTOCOLS:
+                client = DocumentClassifierClient(
+                    front[protocol], protocol, retries=0, timeout_s=120
+                )
+                out[protocol] = client.classify(docs, concurrency=2)
+            return out
+
+        def settle() -> dict:
+            time.sleep(MEMORY_SETTLE_S)
+            return tree_footprint(pid)
+
+        for results in through_front(good * 2).values():  # warm-up; and answers are right
+            for result, want in zip(results, expected * 2):
+                assert result.ok, result.error
+                np.testing.assert_allclose(result.logits, want.logits, atol=ATOL)
+        baseline = settle()
+        refused = []
+        for _ in range(3):
+            for protocol, results in through_front([FIFTY_MB]).items():
+                assert not results[0].ok, f"a 50 MB body passed the front over {protocol}"
+                refused.append(f"{protocol}: {results[0].error}")
+        after = settle()
+        assert_ready(served)
+        figures = {
+            "front": "nginx client_max_body_size 8m",
+            "refused": refused,
+            "baseline_mb": baseline,
+            "after_mb": after,
+        }
+        save_results(RESULTS, "memory_behind_a_body_limit", figures)
+        for r in refused:  # nginx: HTTP 413 / gRPC "status: 413"; named by the client
+            assert "413" in r, figures
+        assert after["shared"] <= baseline["shared"] + SHARED_SLACK_MB, figures
+        assert after["private"] <= baseline["private"] + PRIVATE_RETURN_MB, figures
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=30)
