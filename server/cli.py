@@ -101,6 +101,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(default: %(default)s)",
     )
     p.add_argument(
+        "--restrict-api",
+        action="append",
+        default=[],
+        metavar="API",
+        help="put another API group behind the admin key too, repeatable: statistics, "
+        "model-config, metadata, health, inference (model-repository, shared-memory, "
+        "logging and trace always are)",
+    )
+    p.add_argument(
         "--allocator",
         choices=("auto", "jemalloc", "glibc"),  # server.launcher.ALLOCATORS
         default="auto",
@@ -134,9 +143,17 @@ def run(args: argparse.Namespace) -> int:
     """Start, report, supervise (restarting up to --restart times); the exit status."""
     import signal
 
-    from server.launcher import ServerStartError, resolve_admin_key, start_server, supervise
+    from server.launcher import (
+        ServerStartError,
+        resolve_admin_key,
+        restricted_apis,
+        start_server,
+        supervise,
+    )
 
+    extra_restricted = [a.strip() for v in args.restrict_api for a in v.split(",") if a.strip()]
     try:
+        restricted_apis(extra_restricted)
         admin_key = resolve_admin_key(args.admin_key_file)
     except (OSError, ValueError) as exc:
         print(f"longdoc serve: {exc}", file=sys.stderr)
@@ -159,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
                 extra_args=args.triton_arg,
                 ready_timeout=args.ready_timeout,
                 allocator=args.allocator,
+                extra_restricted=extra_restricted,
             )
             admin_key = handle.admin_key  # a restart keeps the key (and a generated one)
             _announce(handle, args)
@@ -197,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _announce(handle, args: argparse.Namespace) -> None:
-    from server.launcher import ADMIN_APIS, ADMIN_HEADER, ADMIN_KEY_ENV, GRPC_ADMIN_HEADER
+    from server.launcher import ADMIN_HEADER, ADMIN_KEY_ENV, GRPC_ADMIN_HEADER
 
     if handle.admin_key_file is not None:
         key_note = f"key for this run in {handle.admin_key_file}"
@@ -221,7 +239,7 @@ def _announce(handle, args: argparse.Namespace) -> None:
             else " (no jemalloc: huge requests leave "
             "a high-water mark; apt-get install libjemalloc2)"
         ),
-        f"  admin    {','.join(ADMIN_APIS)} need the key as HTTP header "
+        f"  admin    {','.join(handle.restricted)} need the key as HTTP header "
         f"'{ADMIN_HEADER}' or gRPC metadata '{GRPC_ADMIN_HEADER}'; {key_note}",
         "Ctrl-C or SIGTERM stops the server.",
     ]

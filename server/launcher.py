@@ -41,6 +41,9 @@ from functools import lru_cache
 from pathlib import Path
 
 ADMIN_APIS = ("model-repository", "shared-memory", "logging", "trace")
+# Triton's other API groups; any of them can also be put behind the key (`extra_restricted`):
+# statistics and model-config tell a caller request counts, timings and the model's layout.
+OPTIONAL_RESTRICTED_APIS = ("statistics", "model-config", "metadata", "health", "inference")
 ADMIN_HEADER = "admin-key"
 # Triton prefixes the gRPC restriction header: gRPC clients send this metadata key.
 GRPC_ADMIN_HEADER = "triton-grpc-protocol-" + ADMIN_HEADER
@@ -413,6 +416,7 @@ class ServerHandle:
     admin_key_file: Path | None = None  # set when the key was generated for this run
     exit_timeout: float = 20.0  # what tritonserver was told (--exit-timeout-secs)
     allocator: str = "glibc"  # malloc of tritonserver and its stubs (see apply_allocator)
+    restricted: tuple[str, ...] = ADMIN_APIS  # the APIs that need the key
 
     @property
     def pid(self) -> int:
@@ -500,9 +504,10 @@ def build_command(
     response_cache_bytes: int | None,
     extra_args: Iterable[str],
     help_text: str = "",
+    extra_restricted: Sequence[str] = (),
 ) -> list[str]:
     """The tritonserver argv (separate from `start_server` so it can be inspected)."""
-    restriction = f"{','.join(ADMIN_APIS)}:{ADMIN_HEADER}={admin_key}"
+    restriction = f"{','.join(restricted_apis(extra_restricted))}:{ADMIN_HEADER}={admin_key}"
     cmd = [
         str(binary),
         f"--model-repository={model_repository}",
@@ -534,6 +539,16 @@ def build_command(
     return cmd
 
 
+def restricted_apis(extra: Sequence[str] = ()) -> tuple[str, ...]:
+    """The admin APIs plus `extra` (validated): what needs the key."""
+    unknown = sorted(set(extra) - set(OPTIONAL_RESTRICTED_APIS) - set(ADMIN_APIS))
+    if unknown:
+        raise ValueError(
+            f"unknown API {', '.join(unknown)}; choose from {', '.join(OPTIONAL_RESTRICTED_APIS)}"
+        )
+    return ADMIN_APIS + tuple(a for a in OPTIONAL_RESTRICTED_APIS if a in extra)
+
+
 def start_server(
     model_repository: str | os.PathLike[str],
     *,
@@ -549,6 +564,7 @@ def start_server(
     exit_timeout: int = 20,
     tritonserver: str | os.PathLike[str] | None = None,
     allocator: str = "auto",
+    extra_restricted: Sequence[str] = (),
 ) -> ServerHandle:
     """Run tritonserver on `model_repository` and return once `/v2/health/ready` is 200.
 
@@ -562,11 +578,13 @@ def start_server(
     waits for in-flight requests and open connections (`--exit-timeout-secs`).
     `allocator`: "auto" runs tritonserver and its stubs on jemalloc when it is installed
     (memory freed after huge requests goes back to the kernel), else on glibc's malloc.
+    `extra_restricted`: more API groups behind the key (e.g. "statistics", "model-config").
     """
     repo = Path(model_repository).resolve()
     if not repo.is_dir():
         raise ServerStartError(f"model repository {repo} is not a directory")
     binary = Path(tritonserver) if tritonserver else find_tritonserver()
+    restricted = restricted_apis(extra_restricted)
     env, install_flags = _launch_env(binary)
     allocator = apply_allocator(env, allocator)
 
@@ -595,6 +613,7 @@ def start_server(
         response_cache_bytes=response_cache_bytes,
         extra_args=[*install_flags, f"--exit-timeout-secs={int(exit_timeout)}", *extra_args],
         help_text=_help_text(str(binary), env.get("LD_LIBRARY_PATH", "")),
+        extra_restricted=extra_restricted,
     )
     with open(log_file, "wb") as log:
         process = subprocess.Popen(
@@ -620,6 +639,7 @@ def start_server(
         admin_key_file=key_file,
         exit_timeout=float(exit_timeout),
         allocator=allocator,
+        restricted=restricted,
     )
     try:
         ready = wait_ready(handle.http_url, ready_timeout, alive=handle.is_alive)

@@ -154,6 +154,37 @@ def _check_http_admin(client: httpclient.InferenceServerClient, server: ServerHa
     assert client.get_model_metadata("echo")["name"] == "echo"
 
 
+def test_more_apis_behind_the_key_on_request(tmp_path: Path) -> None:
+    """`extra_restricted` (longdoc serve --restrict-api): statistics and model-config need
+    the key too; inference stays open; an unknown API name is refused before starting."""
+    http, grpc, metrics = free_ports(3)
+    with pytest.raises(ValueError, match="unknown API"):
+        start_server(ECHO_REPO, http_port=http, grpc_port=grpc, extra_restricted=["stats"])
+    handle = start_server(
+        ECHO_REPO,
+        http_port=http,
+        grpc_port=grpc,
+        metrics_port=metrics,
+        log_path=tmp_path / "triton.log",
+        extra_restricted=["statistics", "model-config"],
+        ready_timeout=90,
+    )
+    with handle:
+        assert {"statistics", "model-config"} <= set(handle.restricted)
+        with httpclient.InferenceServerClient(handle.http_url) as client:
+            for call in (client.get_inference_statistics, client.get_model_config):
+                args = () if call is client.get_inference_statistics else ("echo",)
+                with pytest.raises(InferenceServerException, match=ADMIN_HEADER):
+                    call(*args)
+                assert call(*args, headers=handle.admin_headers)
+            assert client.infer("echo", [_text_input(httpclient)]).as_numpy("LENGTH")[0] > 0
+        with grpcclient.InferenceServerClient(handle.grpc_url) as client:
+            with pytest.raises(InferenceServerException):
+                client.get_inference_statistics()
+            key = {GRPC_ADMIN_HEADER: handle.admin_key}
+            assert client.get_inference_statistics(headers=key, as_json=True)
+
+
 def test_admin_api_needs_key_over_grpc(server: ServerHandle) -> None:
     with grpcclient.InferenceServerClient(server.grpc_url) as client:
         _check_grpc_admin(client, server)
