@@ -174,24 +174,31 @@ WHATIF_BUCKETS = (
 )  # fmt: skip
 
 
-def waste_whatif(texts: list[str], tokenizer, chunking) -> list[dict]:
+def waste_whatif(docs: list[BenchDoc], chunking) -> list[dict]:
     """Padding waste of the same documents under other strategies and bucket sets (same
     max_length and overlap), with the number of distinct window lengths each produces
-    (every distinct length is a separate batch queue in Triton's dynamic batcher)."""
+    (every distinct length is a separate batch queue in Triton's dynamic batcher). Planned
+    from the token counts with the chunking module's own window plan: no re-tokenizing."""
     from dataclasses import replace
+
+    from longdoc.chunking import plan_windows
 
     out = []
     for strategy in ("fixed", "balanced"):
         for buckets in WHATIF_BUCKETS:
             buckets = tuple(b for b in buckets if b <= chunking.max_length)
             cfg = replace(chunking, strategy=strategy, seq_buckets=buckets)
-            docs = prepare_corpus(texts, tokenizer, cfg)
-            waste = padding_waste(docs)
+            needed = computed = 0
+            lengths = set()
+            for doc in docs:
+                ranges, seq_len, _ = plan_windows(doc.num_tokens, cfg)
+                needed += sum(end - start + 2 for start, end in ranges)
+                computed += len(ranges) * seq_len
+                lengths.add(seq_len)
             out.append({
                 "strategy": strategy, "seq_buckets": list(cfg.seq_buckets),
-                "waste": waste["waste"], "tokens_computed": waste["tokens_computed"],
-                "distinct_seq_lens": len({d.seq_len for d in docs}),
-                "served": cfg == chunking,
+                "waste": computed / needed - 1, "tokens_computed": computed,
+                "distinct_seq_lens": len(lengths), "served": cfg == chunking,
             })  # fmt: skip
     return out
 
@@ -797,7 +804,7 @@ def run_bench(cfg: BenchConfig) -> dict:
     log(cfg, f"building the corpus: {cfg.docs} documents (seed {cfg.seed})...")
     docs = build_corpus(cfg.docs, cfg.seed, tokenizer, chunking)
     summary = corpus_summary(docs)
-    summary["waste_whatif"] = waste_whatif([d.text for d in docs], tokenizer, chunking)
+    summary["waste_whatif"] = waste_whatif(docs, chunking)
     log(
         cfg,
         f"corpus: {summary['docs']} docs, {summary['tokens']:,} tokens, {summary['chunks']} "

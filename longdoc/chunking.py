@@ -181,6 +181,16 @@ def pick_bucket(length: int, buckets: tuple[int, ...]) -> int:
     raise ValueError(f"{length} tokens exceed the largest bucket {buckets[-1]}")
 
 
+def plan_windows(num_tokens: int, cfg: ChunkingConfig) -> tuple[list[tuple[int, int]], int, int]:
+    """The windows ``chunk_text`` cuts ``num_tokens`` document tokens into, as token ranges
+    after ``max_chunks`` and the overflow policy; their padded length (with [CLS]/[SEP]);
+    and the number of windows before truncation. No tokenizer: what-if planning uses it."""
+    all_ranges = window_ranges(num_tokens, cfg.body_length, cfg.overlap, cfg.strategy)
+    ranges = [all_ranges[i] for i in select_windows(len(all_ranges), cfg)]
+    seq_len = pick_bucket(max(end - start for start, end in ranges) + 2, cfg.seq_buckets)
+    return ranges, seq_len, len(all_ranges)
+
+
 def decode_utf8(data: bytes, max_bytes: int) -> str:
     """Strict UTF-8 decoding with the size check first, so a huge input costs nothing."""
     if len(data) > max_bytes:
@@ -204,10 +214,7 @@ def chunk_text(text: str, tokenizer: Tokenizer, cfg: ChunkingConfig) -> Chunks:
     offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
     cls_id, sep_id, pad_id = special_ids(tokenizer)
 
-    all_ranges = window_ranges(len(ids), cfg.body_length, cfg.overlap, cfg.strategy)
-    keep = select_windows(len(all_ranges), cfg)
-    ranges = [all_ranges[i] for i in keep]
-    seq_len = pick_bucket(max(end - start for start, end in ranges) + 2, cfg.seq_buckets)
+    ranges, seq_len, total = plan_windows(len(ids), cfg)
 
     n = len(ranges)
     input_ids = np.full((n, seq_len), pad_id, dtype=np.int64)
@@ -220,4 +227,4 @@ def chunk_text(text: str, tokenizer: Tokenizer, cfg: ChunkingConfig) -> Chunks:
         input_ids[row, 1 + width] = sep_id
         attention_mask[row, : width + 2] = 1
         spans[row] = (offsets[start, 0], offsets[end - 1, 1])
-    return Chunks(input_ids, attention_mask, spans, int(ids.size), truncated=n < len(all_ranges))
+    return Chunks(input_ids, attention_mask, spans, int(ids.size), truncated=n < total)
