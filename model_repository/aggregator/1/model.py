@@ -24,12 +24,12 @@ class TritonPythonModel:
         for request in requests:
             vectors = pb_utils.get_input_tensor_by_name(request, AGGREGATOR_INPUT).as_numpy()
             outputs = self.session.run(
-                list(AGGREGATOR_OUTPUTS), {AGGREGATOR_INPUT: vectors.astype(np.float32)}
+                list(AGGREGATOR_OUTPUTS), {AGGREGATOR_INPUT: vectors.astype(np.float32, copy=False)}
             )
             responses.append(
                 pb_utils.InferenceResponse(
                     output_tensors=[
-                        pb_utils.Tensor(name, value.astype(np.float32))
+                        pb_utils.Tensor(name, value.astype(np.float32, copy=False))
                         for name, value in zip(AGGREGATOR_OUTPUTS, outputs)
                     ]
                 )

@@ -63,8 +63,13 @@ class TritonPythonModel:
 LARGE_INPUT_BYTES = 1 << 20
 
 
+try:
+    _LIBC = ctypes.CDLL("libc.so.6")
+except OSError:  # not glibc
+    _LIBC = None
+
+
 def release_memory():
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:  # not glibc
-        pass
+    """Give glibc's freed heap back (a no-op cost under jemalloc, which purges itself)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)

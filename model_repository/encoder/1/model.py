@@ -18,6 +18,11 @@ def _param(config, key, default):
     return config.get("parameters", {}).get(key, {}).get("string_value", default)
 
 
+def _stack(arrays: list[np.ndarray]) -> np.ndarray:
+    """Rows of several arrays as one, without a copy when there is only one."""
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -37,16 +42,17 @@ class TritonPythonModel:
             by_len.setdefault(x.shape[1], []).append(i)
         for indices in by_len.values():
             feeds = {
-                "input_ids": np.concatenate([ids[i] for i in indices]).astype(np.int64),
-                "attention_mask": np.concatenate([masks[i] for i in indices]).astype(np.int64),
+                "input_ids": _stack([ids[i] for i in indices]),
+                "attention_mask": _stack([masks[i] for i in indices]),
             }
             rows = len(feeds["input_ids"])
             step = self.ort_batch or rows
-            parts = [
-                self.session.run([ENCODER_OUTPUT], {k: v[i : i + step] for k, v in feeds.items()})
+            run = self.session.run
+            parts = [  # row slices are views: no copy per call
+                run([ENCODER_OUTPUT], {k: v[i : i + step] for k, v in feeds.items()})[0]
                 for i in range(0, rows, step)
             ]
-            vectors = np.concatenate([p[0] for p in parts]).astype(np.float32)
+            vectors = _stack(parts).astype(np.float32, copy=False)
             start = 0
             for i in indices:
                 outputs[i] = vectors[start : start + len(ids[i])]
