@@ -26,7 +26,11 @@ import numpy as np
 from client.stats import latency_summary
 
 
-def _rates(docs: int, chunks: int, tokens: int, seconds: float) -> dict:
+def _rates(done: list, seconds: float) -> dict:
+    """Throughput over the corpus documents ``done`` (BenchDoc) in ``seconds``."""
+    docs = len(done)
+    chunks = sum(d.num_chunks for d in done)
+    tokens = sum(d.num_tokens for d in done)
     return {
         "docs": docs,
         "chunks": chunks,
@@ -67,8 +71,7 @@ def ort_batched(
             labels[done + offset] = int(np.argmax(result.logits))
         done += len(batch)
     seconds = time.perf_counter() - started
-    out = _rates(done, sum(d.num_chunks for d in docs[:done]),
-                 sum(d.num_tokens for d in docs[:done]), seconds)  # fmt: skip
+    out = _rates(docs[:done], seconds)
     return out | {
         "description": f"in-process onnxruntime, classify_batched, groups of {group} docs, "
         f"max {pipeline.max_batch} windows per call, threads {threads or 'all'}",
@@ -98,8 +101,7 @@ def ort_single(
         labels[index] = int(np.argmax(result.logits))
     seconds = time.perf_counter() - started
     done = len(latencies)
-    out = _rates(done, sum(d.num_chunks for d in docs[:done]),
-                 sum(d.num_tokens for d in docs[:done]), seconds)  # fmt: skip
+    out = _rates(docs[:done], seconds)
     return out | {
         "description": "in-process onnxruntime, classify, one document at a time, max "
         f"{pipeline.max_batch} windows per call",
@@ -185,8 +187,7 @@ def naive(model, texts: list[str], docs, time_limit_s: float) -> dict:
         latencies.append(time.perf_counter() - t0)
     seconds = time.perf_counter() - started
     done = len(latencies)
-    out = _rates(done, sum(d.num_chunks for d in docs[:done]),
-                 sum(d.num_tokens for d in docs[:done]), seconds)  # fmt: skip
+    out = _rates(docs[:done], seconds)
     return out | {
         "description": f"PyTorch eager ({model.source}), one window at a time, every window "
         f"padded to {length}, {torch.get_num_threads()} threads",

@@ -327,31 +327,27 @@ class Connection:
             raw = await self.client.get_inference_statistics()
         return parse_statistics(raw)
 
-    async def settled_statistics(self, interval: float = 0.05, timeout: float = 5.0) -> dict:
-        """Statistics once two reads agree: Triton records a request's counters just after
-        its answer leaves, so a read right after the last answer can miss it."""
+    async def settled_statistics(
+        self, interval: float = 0.05, timeout: float = 5.0
+    ) -> tuple[dict[str, ModelCounters], bool]:
+        """Statistics once two reads ``interval`` apart agree, and whether they did within
+        ``timeout``. Triton records a request's counters just after its answer leaves, so a
+        read right after the last answer can miss it; with a long interval, this also waits
+        for a point's backlog to drain."""
         deadline = time.perf_counter() + timeout
         last = await self.statistics()
         while time.perf_counter() < deadline:
             await asyncio.sleep(interval)
             snap = await self.statistics()
             if _counter_key(snap) == _counter_key(last):
-                return snap
+                return snap, True
             last = snap
-        return last
+        return last, False
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until the server finishes leftover work (counters stop moving for 1 s), so
         one point's backlog does not spill into the next."""
-        deadline = time.perf_counter() + timeout
-        last = None
-        while time.perf_counter() < deadline:
-            key = _counter_key(await self.statistics())
-            if key == last:
-                return True
-            last = key
-            await asyncio.sleep(1.0)
-        return False
+        return (await self.settled_statistics(interval=1.0, timeout=timeout))[1]
 
     async def close(self) -> None:
         await self.client.close()
@@ -575,12 +571,12 @@ async def measure_pass(
             if bar is not None:
                 bar.update(1)
 
-    stats_start, cpu_start = await conn.settled_statistics(), cpu.snapshot() if cpu else None
+    (stats_start, _), cpu_start = await conn.settled_statistics(), cpu.snapshot() if cpu else None
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     ended = time.perf_counter()
     cpu_end = cpu.snapshot() if cpu else None
-    stats_end = await conn.settled_statistics()
+    stats_end, _ = await conn.settled_statistics()
     window = Window(started, ended + 1e-9, stats_start, stats_end, samples, 0, cpu_start, cpu_end)
     window.chunks = sum(docs[s.doc].num_chunks for s in samples if s.error is None)
     point = summarize_point("closed", concurrency, [window], [window], True, docs, started)
