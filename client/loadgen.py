@@ -389,6 +389,24 @@ class MemorySampler:
 # --------------------------------------------------------------------------- results
 
 
+def listening_addresses(port: int) -> list:
+    """Addresses with a listening TCP socket on ``port`` (from /proc/net/tcp and tcp6)."""
+    import ipaddress
+
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for row in f.readlines()[1:]:
+                local, state = row.split()[1], row.split()[3]
+                address, hex_port = local.split(":")
+                if state == "0A" and int(hex_port, 16) == port:
+                    raw = bytes.fromhex(address)  # 32-bit words in host (little-endian) order
+                    packed = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                    ip = ipaddress.ip_address(packed)
+                    found.append(getattr(ip, "ipv4_mapped", None) or ip)
+    return found
+
+
 def results_dir() -> Path:
     """Where reliability figures go: $LONGDOC_RESULTS_DIR, else ./reliability_results."""
     return Path(os.environ.get("LONGDOC_RESULTS_DIR") or "reliability_results")

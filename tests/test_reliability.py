@@ -31,6 +31,7 @@ import pytest
 from client.loadgen import (
     MemorySampler,
     check_outcomes,
+    listening_addresses,
     run_load,
     save_results,
     server_tree,
@@ -644,31 +645,13 @@ def test_admin_apis_need_the_key(load_server, protocol):
     save_results(RESULTS, f"admin APIs over {protocol}", figures)
 
 
-def _listen_addresses(port: int) -> list:
-    """Addresses with a listening TCP socket on ``port`` (from /proc/net/tcp and tcp6)."""
-    import ipaddress
-
-    found = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            for row in f.readlines()[1:]:
-                local, state = row.split()[1], row.split()[3]
-                address, hex_port = local.split(":")
-                if state == "0A" and int(hex_port, 16) == port:
-                    raw = bytes.fromhex(address)  # 32-bit words in host (little-endian) order
-                    packed = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-                    ip = ipaddress.ip_address(packed)
-                    found.append(getattr(ip, "ipv4_mapped", None) or ip)
-    return found
-
-
 def test_longdoc_serve_binds_loopback_by_default(load_server):
     """`longdoc serve` without --host: HTTP, gRPC and metrics listen on loopback only."""
     served = load_server
     bound = {}
     for url in (served.http_url, served.grpc_url, served.metrics_url):
         port = int(url.rsplit(":", 1)[1])
-        addresses = _listen_addresses(port)
+        addresses = listening_addresses(port)
         assert addresses, f"nothing listens on {port}"
         assert all(ip.is_loopback for ip in addresses), (port, addresses)
         bound[url] = [str(ip) for ip in addresses]

@@ -27,6 +27,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from client.loadgen import listening_addresses
 from server.launcher import (
     ADMIN_HEADER,
     ADMIN_KEY_ENV,
@@ -99,9 +100,9 @@ def test_ready_and_bound_to_loopback(server: ServerHandle) -> None:
         assert b"nv_inference_request_success" in resp.read()
     for url in (server.http_url, server.grpc_url, server.metrics_url):
         port = int(url.rsplit(":", 1)[1])
-        addresses = _listen_addresses(port)
+        addresses = listening_addresses(port)
         assert addresses, f"nothing listens on {port}"
-        assert all(not set(a) <= {"0"} for a in addresses), f"{port} bound to a wildcard"
+        assert all(not ip.is_unspecified for ip in addresses), f"{port} bound to a wildcard"
     log = server.log_path.read_text()
     assert "Creating TritonCache with name: 'local'" in log  # response cache configured
     # no pooled gRPC request objects (they keep the capacity of the largest message),
@@ -114,19 +115,6 @@ def test_ready_and_bound_to_loopback(server: ServerHandle) -> None:
         assert server.allocator == "jemalloc" and b"jemalloc" in preload[0]
     else:
         assert server.allocator == "glibc" and not any(b"jemalloc" in e for e in preload)
-
-
-def _listen_addresses(port: int) -> list[str]:
-    """Hex local addresses of listening TCP sockets on `port` (all zeros = wildcard)."""
-    found = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            for row in f.readlines()[1:]:
-                local, state = row.split()[1], row.split()[3]
-                address, hex_port = local.split(":")
-                if state == "0A" and int(hex_port, 16) == port:
-                    found.append(address)
-    return found
 
 
 def test_infer_over_http_and_grpc(server: ServerHandle) -> None:
