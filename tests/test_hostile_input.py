@@ -193,6 +193,12 @@ def classify_one(served, protocol: str, data: bytes):
     return result, time.perf_counter() - started
 
 
+def answered_as_reference(result, expected, seconds: float) -> dict:
+    """Check an answer against the reference; its figures for the results file."""
+    delta = check_against_reference(result, expected)
+    return {"num_chunks": result.num_chunks, "max_abs_delta": delta, "seconds": round(seconds, 3)}
+
+
 # --------------------------------------------------------------------------- document cases
 
 
@@ -208,12 +214,7 @@ def test_hostile_document(served, model, case):
             assert expect in result.error, result.error
             figures[protocol] = {"error": result.error, "seconds": round(seconds, 3)}
         else:
-            delta = check_against_reference(result, expected)
-            figures[protocol] = {
-                "num_chunks": result.num_chunks,
-                "max_abs_delta": delta,
-                "seconds": round(seconds, 3),
-            }
+            figures[protocol] = answered_as_reference(result, expected, seconds)
     assert_ready(served)
     save_results(RESULTS, case, figures)
 
@@ -250,12 +251,7 @@ def test_million_tokens_with_overflow_head_answered(export_repo, serve):
     figures = {"bytes": len(MILLION), "tokens": 1_000_000}
     for protocol in PROTOCOLS:
         result, seconds = classify_one(served, protocol, MILLION)
-        delta = check_against_reference(result, expected)
-        figures[protocol] = {
-            "num_chunks": result.num_chunks,
-            "max_abs_delta": delta,
-            "seconds": round(seconds, 2),
-        }
+        figures[protocol] = answered_as_reference(result, expected, seconds)
     assert_ready(served)
     save_results(RESULTS, "one million one-character tokens (overflow=head)", figures)
 
