@@ -266,73 +266,80 @@ def server_tree(pid: int):
     return [root, *root.children(recursive=True)]
 
 
-def tree_rss_mb(pid: int, names: tuple[str, ...] = ("tritonserver", "triton_python")) -> float:
-    """Summed RSS (MiB) of the processes in ``pid``'s tree whose name starts with ``names``
-    (tritonserver and its Python-backend stubs; a launcher's own Python is left out)."""
+SERVER_PROCESSES = ("tritonserver", "triton_python")  # a launcher's own Python is left out
+
+
+def _server_processes(pid: int, names: tuple[str, ...]):
+    """The processes of ``pid``'s tree whose name starts with ``names``."""
     import psutil
 
-    total = 0
     for proc in server_tree(pid):
         try:
             if proc.name().startswith(names):
-                total += proc.memory_info().rss
+                yield proc
         except psutil.Error:  # a process that exited between listing and reading
+            continue
+
+
+def _proc_mib(pid: int, file: str, keys: tuple[str, ...]) -> dict[str, float]:
+    """``key: value`` lines of /proc/<pid>/<file> (kB) as MiB; missing keys are left out."""
+    out = {}
+    with open(f"/proc/{pid}/{file}") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in keys:
+                out[key] = int(value.split()[0]) / 1024
+    return out
+
+
+def tree_rss_mb(pid: int, names: tuple[str, ...] = SERVER_PROCESSES) -> float:
+    """Summed RSS (MiB) of tritonserver and its Python-backend stubs in ``pid``'s tree."""
+    import psutil
+
+    total = 0
+    for proc in _server_processes(pid, names):
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
             continue
     return total / 2**20
 
 
-def tree_footprint(pid: int, names: tuple[str, ...] = ("tritonserver", "triton_python")) -> dict:
-    """Memory of ``pid``'s tree (same filter as ``tree_rss_mb``) with each page counted once
-    (PSS, Linux), in MiB: ``private`` (anonymous: heaps, buffers) and ``shared`` (shared
+def tree_footprint(pid: int, names: tuple[str, ...] = SERVER_PROCESSES) -> dict:
+    """Memory of ``pid``'s tree (same processes as ``tree_rss_mb``) with each page counted
+    once (PSS, Linux), in MiB: ``private`` (anonymous: heaps, buffers) and ``shared`` (shared
     memory: the Python backend's pools, which tritonserver and a stub both map)."""
-    import psutil
-
     total = {"private": 0.0, "shared": 0.0}
-    for proc in server_tree(pid):
+    for proc in _server_processes(pid, names):
         try:
-            if not proc.name().startswith(names):
-                continue
-            with open(f"/proc/{proc.pid}/smaps_rollup") as rollup:
-                for line in rollup:
-                    key, _, value = line.partition(":")
-                    if key == "Pss_Anon":
-                        total["private"] += int(value.split()[0]) / 1024
-                    elif key == "Pss_Shmem":
-                        total["shared"] += int(value.split()[0]) / 1024
-        except (psutil.Error, OSError):
+            pss = _proc_mib(proc.pid, "smaps_rollup", ("Pss_Anon", "Pss_Shmem"))
+        except OSError:
             continue
+        total["private"] += pss.get("Pss_Anon", 0.0)
+        total["shared"] += pss.get("Pss_Shmem", 0.0)
     return {k: round(v, 1) for k, v in total.items()}
 
 
-def tree_memory(pid: int, names: tuple[str, ...] = ("tritonserver", "triton_python")) -> list:
-    """Per process of ``pid``'s tree (same filter as ``tree_rss_mb``): name (the model
+def tree_memory(pid: int, names: tuple[str, ...] = SERVER_PROCESSES) -> list:
+    """Per process of ``pid``'s tree (same processes as ``tree_rss_mb``): name (the model
     instance for a stub), RSS and its anonymous and shared-memory parts, in MiB (Linux)."""
     import psutil
 
     rows = []
-    for proc in server_tree(pid):
+    for proc in _server_processes(pid, names):
         try:
-            if not proc.name().startswith(names):
-                continue
             cmd = proc.cmdline()
             stub = proc.name().startswith("triton_python") and len(cmd) > 2
-            name = cmd[-2] if stub else proc.name()
-            fields = {}
-            with open(f"/proc/{proc.pid}/status") as status:
-                for line in status:
-                    if line.startswith(("VmRSS", "RssAnon", "RssShmem")):
-                        key, value = line.split(":", 1)
-                        fields[key] = round(int(value.split()[0]) / 1024, 1)
-            rows.append(
-                {
-                    "process": name,
-                    "rss_mb": fields.get("VmRSS"),
-                    "anon_mb": fields.get("RssAnon"),
-                    "shmem_mb": fields.get("RssShmem"),
-                }
-            )
+            status = _proc_mib(proc.pid, "status", ("VmRSS", "RssAnon", "RssShmem"))
         except (psutil.Error, OSError):
             continue
+        mib = {key: round(value, 1) for key, value in status.items()}
+        rows.append({
+            "process": cmd[-2] if stub else proc.name(),
+            "rss_mb": mib.get("VmRSS"),
+            "anon_mb": mib.get("RssAnon"),
+            "shmem_mb": mib.get("RssShmem"),
+        })  # fmt: skip
     return rows
 
 
