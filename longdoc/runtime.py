@@ -27,6 +27,11 @@ AGGREGATOR_INPUT = "chunk_vectors"
 AGGREGATOR_OUTPUTS = ("LOGITS", "PROBABILITIES", "CHUNK_LOGITS")
 
 
+def config_param(model_config: dict, key: str, default: str) -> str:
+    """A string parameter of a Triton model config (the JSON the Python backend gets)."""
+    return model_config.get("parameters", {}).get(key, {}).get("string_value", default)
+
+
 def make_session(
     path: str | Path, threads: int | None = None, providers: list[str] | None = None
 ) -> ort.InferenceSession:

@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from longdoc.runtime import AGGREGATOR_INPUT, AGGREGATOR_OUTPUTS, make_session
+from longdoc.runtime import AGGREGATOR_INPUT, AGGREGATOR_OUTPUTS, config_param, make_session
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         here = Path(args["model_repository"]) / args["model_version"]
-        onnx_file = config.get("parameters", {}).get("onnx_file", {}).get("string_value")
-        self.session = make_session(here / (onnx_file or "model.onnx"), threads=1)
+        threads = int(config_param(config, "ort_threads", "1"))  # one document per request
+        self.session = make_session(here / config_param(config, "onnx_file", "model.onnx"), threads)
 
     def execute(self, requests):
         responses = []

@@ -11,11 +11,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from longdoc.runtime import ENCODER_OUTPUT, make_session
-
-
-def _param(config, key, default):
-    return config.get("parameters", {}).get(key, {}).get("string_value", default)
+from longdoc.runtime import ENCODER_OUTPUT, config_param, make_session
 
 
 def _stack(arrays: list[np.ndarray]) -> np.ndarray:
@@ -27,9 +23,9 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         here = Path(args["model_repository"]) / args["model_version"]
-        threads = int(_param(config, "ort_threads", "0"))
-        self.session = make_session(here / _param(config, "onnx_file", "model.onnx"), threads)
-        self.ort_batch = int(_param(config, "ort_batch", "0"))
+        threads = int(config_param(config, "ort_threads", "0"))
+        self.session = make_session(here / config_param(config, "onnx_file", "model.onnx"), threads)
+        self.ort_batch = int(config_param(config, "ort_batch", "0"))
 
     def execute(self, requests):
         ids = [pb_utils.get_input_tensor_by_name(r, "input_ids").as_numpy() for r in requests]
