@@ -34,6 +34,8 @@ through ps.
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `serve` to the `longdoc` command line (imports nothing heavy)."""
+    from server.launcher import ADMIN_APIS, ALLOCATORS, OPTIONAL_RESTRICTED_APIS
+
     p = subparsers.add_parser(
         "serve",
         help="run tritonserver on a model repository and supervise it",
@@ -105,13 +107,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="API",
-        help="put another API group behind the admin key too, repeatable: statistics, "
-        "model-config, metadata, health, inference (model-repository, shared-memory, "
-        "logging and trace always are)",
+        help="put another API group behind the admin key too, repeatable: "
+        f"{', '.join(OPTIONAL_RESTRICTED_APIS)} ({', '.join(ADMIN_APIS)} always are)",
     )
     p.add_argument(
         "--allocator",
-        choices=("auto", "jemalloc", "glibc"),  # server.launcher.ALLOCATORS
+        choices=ALLOCATORS,
         default="auto",
         help="malloc for tritonserver and its stubs: jemalloc gives memory back after huge "
         "requests, glibc keeps its high-water mark; auto: jemalloc when installed "
