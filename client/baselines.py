@@ -22,8 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-
-from client.stats import latency_summary
+from longdoc.client.stats import latency_summary
 
 
 def _rates(done: list, seconds: float) -> dict:
@@ -201,7 +200,7 @@ def _measured(call: Callable[[], dict], cfg=None, log: Callable[[str], None] = p
     """``call()``'s result plus the cores used meanwhile, by this process and by others;
     with ``cfg.max_other_cores``, measured again (after waiting for a quiet machine) while
     other processes used more than that."""
-    from client.bench import CpuMonitor
+    from longdoc.client.bench import CpuMonitor
 
     monitor = CpuMonitor()
     threshold = getattr(cfg, "max_other_cores", None)

@@ -41,8 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from client.stats import (
+from longdoc.client.stats import (
     ModelCounters,
     is_stable,
     latency_summary,
@@ -205,7 +204,7 @@ def waste_whatif(docs: list[BenchDoc], chunking) -> list[dict]:
 
 def corpus_summary(docs: list[BenchDoc]) -> dict:
     """The length distribution in tokens and windows, and the padding waste."""
-    from client.stats import percentile
+    from longdoc.client.stats import percentile
 
     tokens = [d.num_tokens for d in docs]
     chunks = [d.num_chunks for d in docs]
@@ -793,7 +792,7 @@ def agreement(a: dict[int, int], b: dict[int, int]) -> dict:
 
 def run_bench(cfg: BenchConfig) -> dict:
     """The whole run; writes the results when ``cfg.output`` is set and returns them."""
-    from client import baselines as base
+    from longdoc.client import baselines as base
 
     machine = machine_info()
     tokenizer, chunking = load_chunking(cfg.repository)

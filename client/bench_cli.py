@@ -177,13 +177,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from client.bench import BenchConfig, run_bench
+    from longdoc.client.bench import BenchConfig, run_bench
 
     if args.render:
         import json
         from pathlib import Path
 
-        from client.bench import write_results
+        from longdoc.client.bench import write_results
 
         out = Path(args.render)
         write_results(json.loads((out / "results.json").read_text()), out)

@@ -97,9 +97,8 @@ def to_record(result, text: bytes, top_k: int | None, explain: bool) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from longdoc.client.classifier import DocumentClassifierClient, ServerUnavailable
     from tqdm import tqdm
-
-    from client.classifier import DocumentClassifierClient, ServerUnavailable
 
     documents = list(iter_documents(args.inputs))
     if not documents:

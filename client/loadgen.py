@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from client.classifier import Classification, DocumentClassifierClient, ServerUnavailable
+from longdoc.client.classifier import Classification, DocumentClassifierClient, ServerUnavailable
 
 
 @dataclass

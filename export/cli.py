@@ -6,7 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-HEAD_CHOICES = ("logits-mean", "logits-max", "mean-pool", "transformer")
+from longdoc import contract
+
+HEAD_CHOICES = contract.HEADS
 
 EPILOG = """examples:
   longdoc export --checkpoint ./my-finetuned-bert --head logits-mean --output model_repository
@@ -31,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", type=Path, help="Hugging Face checkpoint directory")
     src.add_argument(
-        "--preset", choices=("bert-large-uncased", "bert-base-uncased", "tiny"),
+        "--preset", choices=contract.PRESETS,
         help="architecture with seeded random weights (latency work, tests)",
     )  # fmt: skip
     p.add_argument("--output", type=Path, required=True, help="model repository to write")
@@ -44,19 +46,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of random weights")
     p.add_argument("--tokenizer", type=Path, help="directory with tokenizer.json")
     p.add_argument(
-        "--precision", choices=("fp32", "fp16", "int8"),
+        "--precision", choices=contract.PRECISIONS,
         help="encoder precision (default: fp16 for --profile gpu, else fp32)",
     )  # fmt: skip
-    p.add_argument("--profile", choices=("portable", "cpu", "gpu"), default="portable")
+    p.add_argument("--profile", choices=contract.PROFILES, default="portable")
     p.add_argument("--tensorrt", action="store_true", help="gpu profile: TensorRT FP16 engines")
     g = p.add_argument_group("chunking (must match how the model was fine-tuned)")
     g.add_argument("--max-length", type=int, help="window length in tokens (default 512)")
     g.add_argument("--overlap", type=int, help="tokens shared by neighbours (default 128)")
     g.add_argument("--max-chunks", type=int, help="windows per document (default 64)")
-    g.add_argument("--overflow", choices=("error", "head", "head_tail"))
+    g.add_argument("--overflow", choices=contract.OVERFLOW_POLICIES)
     g.add_argument(
         "--strategy",
-        choices=("fixed", "balanced"),
+        choices=contract.STRATEGIES,
         help="fixed: full windows, a short last one; balanced: tokens spread evenly over "
         "the windows (default: fixed)",
     )
@@ -117,9 +119,9 @@ def _head(value: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from export.pipeline import ExportSpec
-    from export.pipeline import run as run_export
-    from export.repository import ServingOptions
+    from longdoc.export.pipeline import ExportSpec
+    from longdoc.export.pipeline import run as run_export
+    from longdoc.export.repository import ServingOptions
 
     chunking = {
         key: value

@@ -8,7 +8,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from export import parity, precision, repository, to_onnx
+from longdoc.export import parity, precision, repository, to_onnx
+
 from longdoc.checkpoint import LoadedModel, load_checkpoint, load_preset
 from longdoc.chunking import ChunkingConfig
 

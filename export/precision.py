@@ -20,7 +20,7 @@ from pathlib import Path
 
 import onnx
 
-PRECISIONS = ("fp32", "fp16", "int8")
+from longdoc.contract import PRECISIONS  # noqa: E402
 
 # Ops kept in FP32 inside the FP16 graph. The masked mean over up to 512 token states and
 # the final division are sums of many terms: FP32 keeps them from losing precision.

@@ -21,8 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from longdoc.chunking import ChunkingConfig
-
-PROFILES = ("portable", "cpu", "gpu")
+from longdoc.contract import PROFILES  # noqa: E402
 
 
 def _source_repository() -> Path:

@@ -166,8 +166,8 @@ def torch_cuda() -> bool:
 def export_repo(out: Path, precision: str, preset: str | None, checkpoint: Path | None,
                 tensorrt: bool = False) -> tuple[Path, dict]:  # fmt: skip
     """Export with the project's own pipeline (no PyTorch parity: that is export's job)."""
-    from export.pipeline import ExportSpec, run
-    from export.repository import ServingOptions
+    from longdoc.export.pipeline import ExportSpec, run
+    from longdoc.export.repository import ServingOptions
 
     spec = ExportSpec(
         output=out, checkpoint=checkpoint, preset=preset, precision=precision, profile="gpu",

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-OVERFLOW_POLICIES = ("error", "head", "head_tail")
-STRATEGIES = ("fixed", "balanced")
+from longdoc.contract import OVERFLOW_POLICIES, STRATEGIES  # noqa: E402
+
 DEFAULT_BUCKETS = (128, 256, 384, 512)
 
 

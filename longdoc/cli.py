@@ -13,10 +13,10 @@ import sys
 
 # (module, what it adds) in the order `--help` lists them.
 SUBCOMMAND_MODULES = [
-    "export.cli",  # longdoc export
-    "server.cli",  # longdoc serve
-    "client.cli",  # longdoc classify
-    "client.bench_cli",  # longdoc bench
+    "longdoc.export.cli",  # longdoc export
+    "longdoc.server.cli",  # longdoc serve
+    "longdoc.client.cli",  # longdoc classify
+    "longdoc.client.bench_cli",  # longdoc bench
     "longdoc.demo",  # longdoc demo
 ]
 

@@ -50,11 +50,11 @@ def real_documents(folder: Path) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from client.classifier import DocumentClassifierClient
-    from export.pipeline import ExportSpec
-    from export.pipeline import run as run_export
     from longdoc.checkpoint import make_classifier_checkpoint
-    from server.launcher import free_ports, start_server
+    from longdoc.client.classifier import DocumentClassifierClient
+    from longdoc.export.pipeline import ExportSpec
+    from longdoc.export.pipeline import run as run_export
+    from longdoc.server.launcher import free_ports, start_server
 
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)

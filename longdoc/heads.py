@@ -20,8 +20,7 @@ import math
 import torch
 from torch import nn
 
-HEADS = ("logits-mean", "logits-max", "mean-pool", "transformer")
-LOGIT_HEADS = ("logits-mean", "logits-max")
+from longdoc.contract import HEADS, LOGIT_HEADS  # noqa: F401  (re-exported)
 
 
 def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -19,12 +19,13 @@ import numpy as np
 import onnxruntime as ort
 
 from longdoc.chunking import ChunkingConfig, Chunks, chunk_text, load_tokenizer
+from longdoc.contract import (  # noqa: F401  (re-exported for the model.py files)
+    AGGREGATOR_INPUT,
+    AGGREGATOR_OUTPUTS,
+    ENCODER_INPUTS,
+    ENCODER_OUTPUT,
+)
 from longdoc.reference import DocumentResult
-
-ENCODER_INPUTS = ("input_ids", "attention_mask")
-ENCODER_OUTPUT = "chunk_vectors"
-AGGREGATOR_INPUT = "chunk_vectors"
-AGGREGATOR_OUTPUTS = ("LOGITS", "PROBABILITIES", "CHUNK_LOGITS")
 
 
 def config_param(model_config: dict, key: str, default: str) -> str:

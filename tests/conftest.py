@@ -39,7 +39,7 @@ def classifier_checkpoint(tmp_path_factory, minilm) -> Path:
 @pytest.fixture(scope="session")
 def export_repo(tmp_path_factory):
     """Export once per (source, head, precision, profile) and share across tests."""
-    from export.pipeline import ExportSpec, run
+    from longdoc.export.pipeline import ExportSpec, run
 
     cache: dict = {}
 
@@ -67,7 +67,7 @@ class Served:
         import subprocess
         import sys
 
-        from server.launcher import free_ports, wait_ready
+        from longdoc.server.launcher import free_ports, wait_ready
 
         self.repo = repo
         self.admin_key = "test-admin-key-" + os.urandom(6).hex()

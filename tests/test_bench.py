@@ -9,8 +9,8 @@ import random
 
 import numpy as np
 import pytest
+from longdoc.client import stats
 
-from client import stats
 from longdoc import corpus
 
 # --------------------------------------------------------------------------- statistics
@@ -111,7 +111,8 @@ def test_token_lengths_distribution():
 
 
 def test_benchmark_corpus_is_deterministic(tokenizer):
-    from client.bench import prepare_corpus
+    from longdoc.client.bench import prepare_corpus
+
     from longdoc.chunking import ChunkingConfig
 
     texts = corpus.benchmark_corpus(8, seed=3, tokenizer=tokenizer, max_tokens=6_000)
@@ -243,7 +244,7 @@ def test_bench_http(tiny_server, tmp_path, capsys):
 
 def test_bench_reports_unreachable_server(capsys):
     from longdoc.cli import main
-    from server.launcher import free_port
+    from longdoc.server.launcher import free_port
 
     code = main(["bench", "--url", f"127.0.0.1:{free_port()}", "--docs", "2",
                  "--concurrency", "1", "--no-progress"])  # fmt: skip

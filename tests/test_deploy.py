@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 import yaml  # PyYAML: a dependency of kubernetes-validate (and of transformers)
 
-from server.launcher import JEMALLOC_PATHS
+from longdoc.server.launcher import JEMALLOC_PATHS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"

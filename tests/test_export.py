@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from longdoc.export.parity import TOLERANCES
 
-from export.parity import TOLERANCES
 from longdoc import corpus
 from longdoc.chunking import ChunkingConfig, chunk_text, load_tokenizer
 from longdoc.heads import HEADS
@@ -161,11 +161,17 @@ def test_export_works_from_a_wheel_install(tmp_path):
     ZipFile(wheel).extractall(site)
     for name in ("chunker", "encoder", "aggregator"):
         assert (site / "longdoc" / "model_sources" / name / "1" / "model.py").is_file()
+    # one import package: nothing generic ("export", "client", "server") in site-packages
+    (info,) = site.glob("longdoc-*.dist-info")
+    assert (info / "top_level.txt").read_text().split() == ["longdoc"]
+    assert sorted(p.name for p in site.iterdir() if not p.name.endswith(".dist-info")) == [
+        "longdoc"
+    ]
     out = tmp_path / "repo"
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "HOME": str(tmp_path)}
     proc = subprocess.run(
         [sys.executable, "-c",
-         "import sys, export.repository as r; from longdoc.cli import main; "
+         "import sys, longdoc.export.repository as r; from longdoc.cli import main; "
          "assert str(r.SOURCE_REPOSITORY).startswith(sys.argv[1]), r.SOURCE_REPOSITORY; "
          "sys.exit(main(sys.argv[2:]))",
          str(site), "export", "--preset", "tiny", "--skip-parity", "--output", str(out)],

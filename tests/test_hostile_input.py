@@ -26,9 +26,9 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from longdoc.client.classifier import DocumentClassifierClient
+from longdoc.client.loadgen import save_results, tree_memory, tree_rss_mb
 
-from client.classifier import DocumentClassifierClient
-from client.loadgen import save_results, tree_memory, tree_rss_mb
 from longdoc import corpus
 from longdoc.checkpoint import load_preset
 from longdoc.chunking import ChunkingConfig
@@ -486,10 +486,10 @@ def test_memory_returns_to_baseline_after_hostile_burst(repo, serve, model, allo
     """
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
+    from longdoc.client.loadgen import tree_footprint
     from tritonclient.utils import InferenceServerException
 
-    from client.loadgen import tree_footprint
-    from server.launcher import find_jemalloc
+    from longdoc.server.launcher import find_jemalloc
 
     if allocator == "jemalloc" and find_jemalloc() is None:
         pytest.skip("libjemalloc2 is not installed (apt-get install libjemalloc2)")
@@ -604,8 +604,9 @@ def test_request_size_limit_in_front_keeps_memory_at_baseline(repo, serve, model
     import shutil
     import subprocess
 
-    from client.loadgen import tree_footprint
-    from server.launcher import free_ports, wait_ready
+    from longdoc.client.loadgen import tree_footprint
+
+    from longdoc.server.launcher import free_ports, wait_ready
 
     nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
     if nginx is None:

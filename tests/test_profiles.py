@@ -20,11 +20,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 from google.protobuf import text_format
+from longdoc.export import repository
+from longdoc.export.pipeline import ExportSpec, run
+from longdoc.export.repository import ServingOptions
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export import repository
-from export.pipeline import ExportSpec, run
-from export.repository import ServingOptions
 from longdoc import corpus
 from longdoc.chunking import ChunkingConfig, chunk_text, load_tokenizer
 
@@ -369,7 +369,7 @@ def test_tensorrt_graph_is_plain_onnx(repos):
 
 
 def test_gpu_profile_refuses_encoders_it_cannot_serve(repos, tmp_path):
-    from export.precision import quantize_int8
+    from longdoc.export.precision import quantize_int8
 
     cfg = ChunkingConfig()
     labels = ["a", "b", "c"]

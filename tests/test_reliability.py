@@ -27,8 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from client.loadgen import (
+from longdoc.client.loadgen import (
     MemorySampler,
     check_outcomes,
     listening_addresses,
@@ -37,11 +36,18 @@ from client.loadgen import (
     server_tree,
     tree_memory,
 )
+
 from longdoc import corpus
 from longdoc.checkpoint import load_preset
 from longdoc.chunking import ChunkingConfig
 from longdoc.reference import classify as reference
-from server.launcher import ADMIN_HEADER, GRPC_ADMIN_HEADER, free_ports, is_ready, wait_ready
+from longdoc.server.launcher import (
+    ADMIN_HEADER,
+    GRPC_ADMIN_HEADER,
+    free_ports,
+    is_ready,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -126,8 +132,8 @@ def workload(model) -> Workload:
 @pytest.fixture(scope="module")
 def load_repo(tmp_path_factory) -> Path:
     """The repository for load and faults: the encoder queue policy set (ServingOptions)."""
-    from export.pipeline import ExportSpec, run
-    from export.repository import ServingOptions
+    from longdoc.export.pipeline import ExportSpec, run
+    from longdoc.export.repository import ServingOptions
 
     out = tmp_path_factory.mktemp("load_repo")
     spec = ExportSpec(

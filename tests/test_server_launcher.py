@@ -25,10 +25,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from longdoc.client.loadgen import listening_addresses
 from tritonclient.utils import InferenceServerException
 
-from client.loadgen import listening_addresses
-from server.launcher import (
+from longdoc.server.launcher import (
     ADMIN_HEADER,
     ADMIN_KEY_ENV,
     GRPC_ADMIN_HEADER,
@@ -285,14 +285,14 @@ def test_resolve_admin_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 
 class _Cli:
-    """`python -m server.cli serve` in a subprocess, its output collected line by line."""
+    """`python -m longdoc.server.cli serve` in a subprocess, its output collected line by line."""
 
     def __init__(self, tmp_path: Path, *extra: str) -> None:
         self.http, grpc, metrics = free_ports(3)
         cmd = [
             sys.executable,
             "-m",
-            "server.cli",
+            "longdoc.server.cli",
             "serve",
             f"--model-repository={ECHO_REPO}",
             f"--http-port={self.http}",
@@ -378,7 +378,7 @@ def test_cli_notices_crashed_server(tmp_path: Path) -> None:
 
 
 def _echo_stub_pid(server_pid: int) -> int:
-    from server.launcher import backend_stubs
+    from longdoc.server.launcher import backend_stubs
 
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -8,9 +8,9 @@ import os
 
 import numpy as np
 import pytest
+from longdoc.client.classifier import DocumentClassifierClient
+from longdoc.export.parity import TOLERANCES
 
-from client.classifier import DocumentClassifierClient
-from export.parity import TOLERANCES
 from longdoc import corpus
 from longdoc.checkpoint import load_checkpoint
 from longdoc.chunking import ChunkingConfig
@@ -255,8 +255,9 @@ def test_classify_cli(server_for, documents, tmp_path):
 
 
 def test_client_retries_then_reports_unavailable():
-    from client.classifier import ServerUnavailable
-    from server.launcher import free_port
+    from longdoc.client.classifier import ServerUnavailable
+
+    from longdoc.server.launcher import free_port
 
     client = DocumentClassifierClient(f"127.0.0.1:{free_port()}", retries=2, backoff_s=0.05)
     with pytest.raises(ServerUnavailable):

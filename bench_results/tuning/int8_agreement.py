@@ -9,8 +9,8 @@ import sys
 import time
 
 import numpy as np
+from longdoc.client.bench import build_corpus, load_chunking
 
-from client.bench import build_corpus, load_chunking
 from longdoc.runtime import OnnxPipeline
 
 n = int(sys.argv[1])

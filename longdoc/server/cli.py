@@ -34,7 +34,7 @@ through ps.
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `serve` to the `longdoc` command line (imports nothing heavy)."""
-    from server.launcher import ADMIN_APIS, ALLOCATORS, OPTIONAL_RESTRICTED_APIS
+    from longdoc.server.launcher import ADMIN_APIS, ALLOCATORS, OPTIONAL_RESTRICTED_APIS
 
     p = subparsers.add_parser(
         "serve",
@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     """Start, report, supervise (restarting up to --restart times); the exit status."""
     import signal
 
-    from server.launcher import (
+    from longdoc.server.launcher import (
         ServerStartError,
         resolve_admin_key,
         restricted_apis,
@@ -216,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _announce(handle, args: argparse.Namespace) -> None:
-    from server.launcher import ADMIN_HEADER, ADMIN_KEY_ENV, GRPC_ADMIN_HEADER
+    from longdoc.server.launcher import ADMIN_HEADER, ADMIN_KEY_ENV, GRPC_ADMIN_HEADER
 
     if handle.admin_key_file is not None:
         key_note = f"key for this run in {handle.admin_key_file}"
@@ -248,7 +248,7 @@ def _announce(handle, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m server.cli serve ...`: the subcommand without the rest of `longdoc`."""
+    """`python -m longdoc.server.cli serve ...`: the subcommand without the rest of `longdoc`."""
     parser = argparse.ArgumentParser(prog="longdoc")
     register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     args = parser.parse_args(argv)

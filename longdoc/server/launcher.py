@@ -44,10 +44,8 @@ ADMIN_APIS = ("model-repository", "shared-memory", "logging", "trace")
 # Triton's other API groups; any of them can also be put behind the key (`extra_restricted`):
 # statistics and model-config tell a caller request counts, timings and the model's layout.
 OPTIONAL_RESTRICTED_APIS = ("statistics", "model-config", "metadata", "health", "inference")
-ADMIN_HEADER = "admin-key"
-# Triton prefixes the gRPC restriction header: gRPC clients send this metadata key.
-GRPC_ADMIN_HEADER = "triton-grpc-protocol-" + ADMIN_HEADER
-ADMIN_KEY_ENV = "LONGDOC_ADMIN_KEY"
+from longdoc.contract import ADMIN_HEADER, ADMIN_KEY_ENV, GRPC_ADMIN_HEADER  # noqa: E402,F401
+
 CACHE_DIR_ENV = "LONGDOC_CACHE_DIR"
 LOG_TAIL_LINES = 40
 

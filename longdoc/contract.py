@@ -1,0 +1,75 @@
+"""The names every part agrees on: models, tensors, dtypes, choices, headers.
+
+One source of truth for the contract in ``shared/DESIGN.md``: the exporter writes these
+names into the model repository, the Triton models read them, the client and the benchmark
+ask for them, the CLIs offer their choices. Standard library only, so that a
+``longdoc[client]`` install (no torch, no onnxruntime) and the Triton stubs can import it.
+"""
+
+from __future__ import annotations
+
+# --- models in the repository -------------------------------------------------------
+ENSEMBLE = "document_classifier"
+CHUNKER = "chunker"
+ENCODER = "encoder"
+AGGREGATOR = "aggregator"
+MODELS = (CHUNKER, ENCODER, AGGREGATOR)
+LABELS_FILE = "labels.txt"
+CHUNKING_FILE = "chunking.json"
+TOKENIZER_FILE = "tokenizer.json"
+ONNX_FILE = "model.onnx"
+EXPORT_REPORT = "export_report.json"
+
+# --- ensemble I/O (what a client sends and gets) ------------------------------------
+TEXT = "TEXT"
+LOGITS = "LOGITS"
+PROBABILITIES = "PROBABILITIES"
+NUM_CHUNKS = "NUM_CHUNKS"
+CHUNK_LOGITS = "CHUNK_LOGITS"
+CHUNK_SPANS = "CHUNK_SPANS"
+ENSEMBLE_OUTPUTS = (LOGITS, PROBABILITIES, NUM_CHUNKS, CHUNK_LOGITS, CHUNK_SPANS)
+
+# --- between the steps ----------------------------------------------------------------
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+ENCODER_INPUTS = (INPUT_IDS, ATTENTION_MASK)
+CHUNK_VECTORS = "chunk_vectors"
+ENCODER_OUTPUT = CHUNK_VECTORS
+AGGREGATOR_INPUT = CHUNK_VECTORS
+AGGREGATOR_OUTPUTS = (LOGITS, PROBABILITIES, CHUNK_LOGITS)
+
+# Triton dtype names (config.pbtxt) and the numpy dtypes they carry.
+DTYPES = {
+    TEXT: "TYPE_STRING",
+    INPUT_IDS: "TYPE_INT64",
+    ATTENTION_MASK: "TYPE_INT64",
+    CHUNK_VECTORS: "TYPE_FP32",
+    LOGITS: "TYPE_FP32",
+    PROBABILITIES: "TYPE_FP32",
+    NUM_CHUNKS: "TYPE_INT32",
+    CHUNK_LOGITS: "TYPE_FP32",
+    CHUNK_SPANS: "TYPE_INT64",
+}
+NUMPY_DTYPES = {
+    "TYPE_STRING": "object",
+    "TYPE_INT64": "int64",
+    "TYPE_INT32": "int32",
+    "TYPE_FP32": "float32",
+    "TYPE_FP16": "float16",
+}
+
+# --- choices the CLIs offer ---------------------------------------------------------
+HEADS = ("logits-mean", "logits-max", "mean-pool", "transformer")
+LOGIT_HEADS = ("logits-mean", "logits-max")
+PRECISIONS = ("fp32", "fp16", "int8")
+PROFILES = ("portable", "cpu", "gpu")
+PRESETS = ("bert-large-uncased", "bert-base-uncased", "tiny")
+OVERFLOW_POLICIES = ("error", "head", "head_tail")
+STRATEGIES = ("fixed", "balanced")
+
+# --- server lock-down ---------------------------------------------------------------
+ADMIN_HEADER = "admin-key"
+# Triton prefixes the gRPC restriction header: gRPC clients send this metadata key.
+GRPC_ADMIN_HEADER = "triton-grpc-protocol-" + ADMIN_HEADER
+ADMIN_KEY_ENV = "LONGDOC_ADMIN_KEY"
+ENV_PREFIX = "LONGDOC_"
