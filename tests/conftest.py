@@ -13,6 +13,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 LABELS = ["contract", "filing", "report"]
 
+# Test layers. `make test-fast` runs `-m "not integration and not slow"` (unit tests, under a
+# minute); `make test` runs everything. A test that starts a tritonserver or exports a real
+# model is an integration test: marked here from the fixtures it uses (so new tests land in
+# the right layer without remembering to), or by hand with `@pytest.mark.integration`.
+INTEGRATION_FIXTURES = {"serve", "export_repo", "classifier_checkpoint"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
 
 @pytest.fixture(scope="session")
 def minilm() -> Path:
