@@ -135,11 +135,32 @@ class TransformerHead(nn.Module):
         self.classifier = nn.Linear(hidden_size, num_labels)
 
     def forward(self, vectors: torch.Tensor, chunk_mask: torch.Tensor):
-        positions = torch.arange(vectors.shape[1], device=vectors.device)
-        x = vectors + self.position(positions).unsqueeze(0)
+        """Documents of up to ``max_positions`` windows: one sequence, positions 0..C-1.
+        Longer ones: consecutive segments of ``max_positions`` windows (the last one may be
+        shorter), each read on its own with positions 0..P-1 exactly as a document of that
+        many windows would be; the document's logits are the mean over all its windows.
+        So every window sees positions the head was trained on, and the attention cost is
+        O(C x P), not O(C^2) (a 1-million-token document has ~2,600 windows).
+
+        Written with tensor ops only (segment count and padding from the chunk count), so
+        the ONNX aggregator traced from it follows the same rule for every length."""
+        b, d = vectors.shape[0], vectors.shape[2]
+        count = torch.ones_like(chunk_mask[0]).sum()  # C, as a tensor: dynamic in ONNX
+        seg = torch.clamp(count, max=self.max_positions)  # window slots per segment
+        segments = torch.div(count + seg - 1, seg, rounding_mode="floor")
+        slots = torch.arange(segments * seg, device=vectors.device)
+        real = slots < count  # slots past C are padding of the last segment
+        index = torch.clamp(slots, max=count - 1)
+        x = vectors.index_select(1, index)
+        mask = chunk_mask.index_select(1, index) * real.to(chunk_mask.dtype).unsqueeze(0)
+        x = x.reshape(-1, seg, d)  # [B * segments, seg, D]
+        mask = mask.reshape(-1, seg)
+        x = x + self.position(torch.arange(seg, device=vectors.device)).unsqueeze(0)
         for layer in self.layers:
-            x = layer(x, chunk_mask)
+            x = layer(x, mask)
         chunk_logits = self.classifier(self.dropout(x))
+        chunk_logits = chunk_logits.reshape(b, -1, chunk_logits.shape[-1])
+        chunk_logits = chunk_logits.index_select(1, torch.arange(count, device=vectors.device))
         return masked_mean(chunk_logits, chunk_mask), chunk_logits
 
 

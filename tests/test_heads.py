@@ -99,3 +99,79 @@ def test_unknown_pooling_rejected():
         ChunkEncoder(torch.nn.Identity(), "cls")
     with pytest.raises(ValueError, match="unknown head"):
         make_aggregator("attention", H, L)
+
+
+def _segment_by_segment(agg, vectors: torch.Tensor) -> torch.Tensor:
+    """The rule past max_positions, spelled out: each run of max_positions windows read as
+    a document of its own, chunk logits concatenated."""
+    p = agg.max_positions
+    parts = [
+        agg(vectors[None, i : i + p], torch.ones(1, min(p, len(vectors) - i), dtype=torch.int64))[
+            1
+        ][0]
+        for i in range(0, len(vectors), p)
+    ]
+    return torch.cat(parts)
+
+
+@pytest.mark.parametrize("chunks", [15, 16, 17, 33, 50])
+def test_transformer_head_past_max_positions_reads_segments(chunks):
+    agg = aggregator("transformer")  # max_positions 16
+    torch.manual_seed(3)
+    vectors = torch.randn(chunks, H)
+    with torch.no_grad():
+        logits, chunk_logits = agg(vectors[None], torch.ones(1, chunks, dtype=torch.int64))
+        expected = _segment_by_segment(agg, vectors)
+    assert chunk_logits.shape == (1, chunks, L)
+    torch.testing.assert_close(chunk_logits[0], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits[0], expected.mean(0), atol=1e-5, rtol=1e-5)
+    if chunks > 16:  # the first segment is read as a 16-window document would be
+        with torch.no_grad():
+            _, first = agg(vectors[None, :16], torch.ones(1, 16, dtype=torch.int64))
+        torch.testing.assert_close(chunk_logits[0, :16], first[0], atol=1e-5, rtol=1e-5)
+
+
+def test_transformer_head_segments_are_the_same_in_a_padded_batch():
+    """Training batches pad documents to the longest: segment boundaries stay at multiples
+    of max_positions from each document's start, and padding never leaks in."""
+    agg = aggregator("transformer")
+    torch.manual_seed(4)
+    lengths = (40, 5, 20)
+    batch = torch.randn(len(lengths), max(lengths), H) * 10
+    mask = torch.zeros(len(lengths), max(lengths), dtype=torch.int64)
+    for row, n in enumerate(lengths):
+        mask[row, :n] = 1
+    with torch.no_grad():
+        logits, chunk_logits = agg(batch, mask)
+        for row, n in enumerate(lengths):
+            alone, alone_chunks = agg(batch[row : row + 1, :n], torch.ones(1, n, dtype=torch.int64))
+            torch.testing.assert_close(logits[row], alone[0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(chunk_logits[row, :n], alone_chunks[0], atol=1e-5, rtol=1e-5)
+
+
+def test_transformer_head_onnx_follows_the_same_rule_at_every_length(tmp_path):
+    """The aggregator graph is traced once (3 windows) yet segments like PyTorch for any
+    number of windows, below, at and past max_positions."""
+    import numpy as np
+    import onnxruntime as ort
+    from longdoc.export.to_onnx import export_aggregator
+
+    from longdoc.contract import AGGREGATOR_INPUT, AGGREGATOR_OUTPUTS
+
+    agg = aggregator("transformer")
+
+    class Model:  # what export_aggregator reads from a LoadedModel
+        aggregator = agg
+        vector_size = H
+
+    path = export_aggregator(Model, tmp_path / "aggregator.onnx")
+    agg.eval()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for chunks in (1, 7, 16, 17, 40, 130):
+        vectors = torch.randn(chunks, H)
+        with torch.no_grad():
+            logits, probs, chunk_logits = SingleDocumentAggregator(agg)(vectors)
+        out = dict(zip(AGGREGATOR_OUTPUTS, session.run(None, {AGGREGATOR_INPUT: vectors.numpy()})))
+        np.testing.assert_allclose(out["LOGITS"], logits.numpy(), atol=1e-5)
+        np.testing.assert_allclose(out["CHUNK_LOGITS"], chunk_logits.numpy(), atol=1e-5)
+        assert out["CHUNK_LOGITS"].shape == (chunks, L)
