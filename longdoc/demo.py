@@ -54,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
     from longdoc.client.classifier import DocumentClassifierClient
     from longdoc.export.pipeline import ExportSpec
     from longdoc.export.pipeline import run as run_export
-    from longdoc.server.launcher import free_ports, start_server
+    from longdoc.server.options import ServeOptions
+    from longdoc.server.probe import free_ports
+    from longdoc.server.process import start_server
 
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -71,10 +73,10 @@ def run(args: argparse.Namespace) -> int:
     http, grpc, metrics = free_ports(3)
     say(f"[3/4] starting tritonserver on 127.0.0.1 (HTTP {http}, gRPC {grpc}) ...")
     started = time.perf_counter()
-    with start_server(
+    with start_server(ServeOptions(
         repo, http_port=http, grpc_port=grpc, metrics_port=metrics,
         log_path=args.workdir / "tritonserver.log",
-    ) as server:  # fmt: skip
+    )) as server:  # fmt: skip
         say(f"      ready in {time.perf_counter() - started:.1f} s; log {server.log_path}")
         texts = [p.read_text() for p in documents]
         ids = [p.name for p in documents]

@@ -25,22 +25,22 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from longdoc.client.loadgen import listening_addresses
+from loadgen import listening_addresses
 from tritonclient.utils import InferenceServerException
 
-from longdoc.server.launcher import (
-    ADMIN_HEADER,
-    ADMIN_KEY_ENV,
-    GRPC_ADMIN_HEADER,
-    ServerHandle,
-    ServerStartError,
-    find_jemalloc,
-    find_tritonserver,
-    free_ports,
-    is_ready,
+from longdoc.contract import ADMIN_HEADER, ADMIN_KEY_ENV, GRPC_ADMIN_HEADER
+from longdoc.server import cli as serve_cli
+from longdoc.server.binary import find_tritonserver
+from longdoc.server.command import find_jemalloc
+from longdoc.server.lockdown import (
+    ADMIN_KEY_FILE_ENV,
+    check_admin_key,
+    check_triton_args,
     resolve_admin_key,
-    start_server,
 )
+from longdoc.server.options import ServeOptions
+from longdoc.server.probe import free_ports, is_ready
+from longdoc.server.process import ServerHandle, ServerStartError, backend_stubs, start_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -54,16 +54,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
     """One server for the read-only checks (startup costs seconds)."""
     http, grpc, metrics = free_ports(3)
     log = tmp_path_factory.mktemp("serve") / "triton.log"
-    handle = start_server(
+    options = ServeOptions(
         ECHO_REPO,
         http_port=http,
         grpc_port=grpc,
         metrics_port=metrics,
         log_path=log,
-        response_cache_bytes=1 << 20,
+        response_cache_mb=1,
         ready_timeout=90,
     )
-    with handle:
+    with start_server(options) as handle:
         yield handle
 
 
@@ -143,22 +143,27 @@ def _check_http_admin(client: httpclient.InferenceServerClient, server: ServerHa
 
 
 def test_more_apis_behind_the_key_on_request(tmp_path: Path) -> None:
-    """`extra_restricted` (longdoc serve --restrict-api): statistics and model-config need
-    the key too; inference stays open; an unknown API name is refused before starting."""
+    """`restrict` (longdoc serve --restrict-api): statistics, model-config and health need
+    the key too; inference stays open; an unknown API name is refused before starting.
+
+    Regression: with health behind the key, the readiness probe sent no key and the start
+    waited for a 403 to turn into a 200 until it timed out."""
     http, grpc, metrics = free_ports(3)
     with pytest.raises(ValueError, match="unknown API"):
-        start_server(ECHO_REPO, http_port=http, grpc_port=grpc, extra_restricted=["stats"])
-    handle = start_server(
+        start_server(ServeOptions(ECHO_REPO, http_port=http, grpc_port=grpc, restrict=["stats"]))
+    options = ServeOptions(
         ECHO_REPO,
         http_port=http,
         grpc_port=grpc,
         metrics_port=metrics,
         log_path=tmp_path / "triton.log",
-        extra_restricted=["statistics", "model-config"],
-        ready_timeout=90,
+        restrict=["statistics,model-config", "health"],  # as --restrict-api takes them
+        ready_timeout=60,
     )
-    with handle:
-        assert {"statistics", "model-config"} <= set(handle.restricted)
+    with start_server(options) as handle:
+        assert {"statistics", "model-config", "health"} <= set(handle.restricted)
+        assert not is_ready(handle.http_url)  # the probe without the key: 403
+        assert is_ready(handle.http_url, headers=handle.probe_headers)
         with httpclient.InferenceServerClient(handle.http_url) as client:
             for call in (client.get_inference_statistics, client.get_model_config):
                 args = () if call is client.get_inference_statistics else ("echo",)
@@ -171,6 +176,7 @@ def test_more_apis_behind_the_key_on_request(tmp_path: Path) -> None:
                 client.get_inference_statistics()
             key = {GRPC_ADMIN_HEADER: handle.admin_key}
             assert client.get_inference_statistics(headers=key, as_json=True)
+            assert client.is_server_ready(headers=key)
 
 
 def test_admin_api_needs_key_over_grpc(server: ServerHandle) -> None:
@@ -194,26 +200,38 @@ def test_generated_admin_key_file_is_private(server: ServerHandle) -> None:
     assert server.admin_key_file.read_text().strip() == server.admin_key
 
 
-def test_stop_terminates_process(tmp_path: Path) -> None:
+# Base64 padding and every character Triton's `<apis>:<header>=<key>` parser might trip on:
+# it splits at the first ':' and the first '=' after it, so the key keeps all of these.
+ODD_KEY = "b64+/key=:with,sep'\"!#$%&()*;<>?@[]^`{|}~=="
+
+
+def test_stop_terminates_process_and_odd_keys_work(tmp_path: Path) -> None:
+    """A given key is never written anywhere; a key with '=', ':' and ',' (regression: the
+    launcher refused '=') unlocks the admin APIs over HTTP and gRPC on the real server."""
     http, grpc, metrics = free_ports(3)
-    key = "k" * 24
-    with start_server(
+    options = ServeOptions(
         ECHO_REPO,
         http_port=http,
         grpc_port=grpc,
         metrics_port=metrics,
         log_path=tmp_path / "t.log",
-        admin_key=key,
-    ) as handle:
+        admin_key=ODD_KEY,
+    )
+    with start_server(options) as handle:
         assert handle.admin_key_file is None  # a given key is never written anywhere
+        assert list(tmp_path.iterdir()) == [tmp_path / "t.log"]
         pid = handle.pid
         assert handle.is_alive()
+        with httpclient.InferenceServerClient(handle.http_url) as client:
+            _check_http_admin(client, handle)
+        with grpcclient.InferenceServerClient(handle.grpc_url) as client:
+            _check_grpc_admin(client, handle)
     assert not handle.is_alive()
     assert handle.returncode == 0  # SIGTERM is a clean shutdown for Triton
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert not is_ready(handle.http_url, timeout=0.5)
-    assert key not in (tmp_path / "t.log").read_text()
+    assert ODD_KEY not in (tmp_path / "t.log").read_text()
 
 
 def test_bad_repository_raises_with_log_tail(tmp_path: Path) -> None:
@@ -226,18 +244,19 @@ def test_bad_repository_raises_with_log_tail(tmp_path: Path) -> None:
         "        raise RuntimeError('broken-model-marker')\n"
     )
     http, grpc, metrics = free_ports(3)
+    options = ServeOptions(
+        tmp_path / "repo",
+        http_port=http,
+        grpc_port=grpc,
+        metrics_port=metrics,
+        log_path=tmp_path / "t.log",
+    )
     with pytest.raises(ServerStartError, match="exited during startup") as err:
-        start_server(
-            tmp_path / "repo",
-            http_port=http,
-            grpc_port=grpc,
-            metrics_port=metrics,
-            log_path=tmp_path / "t.log",
-        )
+        start_server(options)
     assert "broken-model-marker" in str(err.value)  # the log tail is in the message
     assert not (tmp_path / "t.admin-key").exists()
     with pytest.raises(ServerStartError, match="not a directory"):
-        start_server(tmp_path / "missing")
+        start_server(ServeOptions(tmp_path / "missing"))
 
 
 def test_ready_timeout_kills_server(tmp_path: Path) -> None:
@@ -252,15 +271,16 @@ def test_ready_timeout_kills_server(tmp_path: Path) -> None:
     )
     http, grpc, metrics = free_ports(3)
     started = time.monotonic()
+    options = ServeOptions(
+        tmp_path / "repo",
+        http_port=http,
+        grpc_port=grpc,
+        metrics_port=metrics,
+        log_path=tmp_path / "t.log",
+        ready_timeout=2,
+    )
     with pytest.raises(ServerStartError, match="not ready within 2 s"):
-        start_server(
-            tmp_path / "repo",
-            http_port=http,
-            grpc_port=grpc,
-            metrics_port=metrics,
-            log_path=tmp_path / "t.log",
-            ready_timeout=2,
-        )
+        start_server(options)
     assert time.monotonic() - started < 15
     assert not is_ready(f"127.0.0.1:{http}", timeout=0.5)
 
@@ -269,16 +289,154 @@ def test_resolve_admin_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.delenv(ADMIN_KEY_ENV, raising=False)
     assert resolve_admin_key() is None
     monkeypatch.setenv(ADMIN_KEY_ENV, "from-env-0123456789")
-    assert resolve_admin_key() == "from-env-0123456789"
+    key = resolve_admin_key()
+    assert key.value == "from-env-0123456789" and key.source == f"key from ${ADMIN_KEY_ENV}"
     key_file = tmp_path / "key"
-    key_file.write_text("from-file-0123456789\n")
-    assert resolve_admin_key(key_file) == "from-file-0123456789"  # the file wins
+    key_file.write_text("from-file-0123456789\n")  # a mounted secret keeps its newline
+    with pytest.raises(ValueError, match="not both"):
+        resolve_admin_key(key_file)
+    monkeypatch.delenv(ADMIN_KEY_ENV)
+    key = resolve_admin_key(key_file)
+    assert key.value == "from-file-0123456789" and str(key_file) in key.source
+    assert key.generated_file is None
     key_file.write_text("short")
     with pytest.raises(ValueError, match="at least 16"):
         resolve_admin_key(key_file)
-    key_file.write_text("has:colon-0123456789")
-    with pytest.raises(ValueError, match="may not contain"):
-        resolve_admin_key(key_file)
+    with pytest.raises(ValueError, match="not a readable file"):
+        resolve_admin_key(tmp_path / "missing")
+
+
+def test_the_one_key_rule() -> None:
+    """Visible ASCII, at least 16: what HTTP headers and gRPC metadata carry intact."""
+    check_admin_key(ODD_KEY)
+    check_admin_key("0123456789abcdef0123456789abcdef")
+    check_admin_key("c2VjcmV0LWtleS1vZi0xNg==")  # base64 padding
+    for bad, why in (
+        ("k" * 15, "at least 16"),
+        ("inner space 0123456789", "visible ASCII"),
+        ("tab\tkey-0123456789", "visible ASCII"),
+        ("newline\nkey-0123456789", "visible ASCII"),
+        ("clé-non-ascii-0123456789", "visible ASCII"),
+    ):
+        with pytest.raises(ValueError, match=why):
+            check_admin_key(bad)
+
+
+def test_lock_down_flags_cannot_be_passed_through() -> None:
+    check_triton_args(["--log-verbose=1", "--log-format=ISO8601", "--http-thread-count=4"])
+    for bad in (
+        "--model-control-mode=explicit",
+        "--model-control-mode",
+        "--load-model=x",
+        "--http-restricted-api=trace:k=v",
+        "--grpc-restricted-protocol=trace:k=v",
+        "--model-repository=/tmp",
+        "--model-store=/tmp",
+        "--repository-poll-secs=5",
+    ):
+        with pytest.raises(ValueError, match="cannot be overridden"):
+            check_triton_args([bad])
+
+
+# --------------------------------------------------------------------------- flags and env
+
+
+def _serve_args(argv: list[str]):
+    parser = serve_cli.argparse.ArgumentParser(prog="longdoc")
+    serve_cli.register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["serve", *argv])
+
+
+def test_every_serve_flag_reads_its_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("LONGDOC_"):
+            monkeypatch.delenv(name)
+    defaults = vars(_serve_args([]))
+    env = {
+        "LONGDOC_MODEL_REPOSITORY": "/models",
+        "LONGDOC_HOST": "0.0.0.0",
+        "LONGDOC_HTTP_PORT": "8080",
+        "LONGDOC_GRPC_PORT": "9001",
+        "LONGDOC_METRICS_PORT": "0",
+        "LONGDOC_ADMIN_KEY_FILE": "/run/secrets/key",
+        "LONGDOC_REQUIRE_ADMIN_KEY": "true",
+        "LONGDOC_RESTRICT_API": "statistics,model-config health",
+        "LONGDOC_RESPONSE_CACHE_MB": "08",
+        "LONGDOC_LOG": "-",
+        "LONGDOC_READY_TIMEOUT": "600",
+        "LONGDOC_EXIT_TIMEOUT": "30",
+        "LONGDOC_RESTART": "2",
+        "LONGDOC_ALLOCATOR": "glibc",
+        "LONGDOC_TRITON_ARG": "--log-verbose=1 '--log-format=ISO8601'",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    args = _serve_args([])
+    flags = {k for k in vars(args) if k not in ("command", "func")}
+    assert {serve_cli.env_name(f) for f in flags} == set(env), "a flag without its variable"
+    assert (args.model_repository, args.host, args.http_port) == ("/models", "0.0.0.0", 8080)
+    assert (args.grpc_port, args.metrics_port, args.response_cache_mb) == (9001, 0, 8)
+    assert args.admin_key_file == "/run/secrets/key" and args.require_admin_key is True
+    assert args.restrict_api == ["statistics,model-config", "health"]
+    assert (args.log, args.ready_timeout, args.exit_timeout) == ("-", 600.0, 30)
+    assert (args.restart, args.allocator) == (2, "glibc")
+    assert args.triton_arg == ["--log-verbose=1", "--log-format=ISO8601"]
+    assert all(vars(args)[k] != defaults[k] for k in flags)
+    # The command line wins, repeatable flags included (they replace the variable's list).
+    args = _serve_args(["--http-port=1234", "--triton-arg=--log-info=true"])
+    assert args.http_port == 1234 and args.triton_arg == ["--log-info=true"]
+    # An empty variable is unset.
+    monkeypatch.setenv("LONGDOC_HTTP_PORT", "")
+    assert _serve_args([]).http_port == 8000
+
+
+def test_help_names_each_variable() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "longdoc.cli", "serve", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "--model-repository" in out.stdout and ADMIN_HEADER in out.stdout
+    for name in ("LONGDOC_HTTP_PORT", "LONGDOC_TRITON_ARG", "LONGDOC_ADMIN_KEY_FILE"):
+        assert f"[env: {name}]" in " ".join(out.stdout.split()), name
+
+
+def _serve(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LONGDOC_")}
+    return subprocess.run(
+        [sys.executable, "-m", "longdoc.cli", "serve", f"--model-repository={ECHO_REPO}", *argv],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_serve_refuses_bad_settings_before_starting(tmp_path: Path) -> None:
+    """Exit 2 with the reason, and nothing started or written."""
+    key_file = tmp_path / "key"
+    key_file.write_text("0123456789abcdef0123456789abcdef\n")
+    for argv, env, message in (
+        ([], {"LONGDOC_HTTP_PORT": "80x"}, "$LONGDOC_HTTP_PORT='80x': invalid int"),
+        ([], {"LONGDOC_ALLOCATOR": "tcmalloc"}, "$LONGDOC_ALLOCATOR='tcmalloc': choose from"),
+        ([], {"LONGDOC_RESTRICT_API": "stats"}, "unknown API stats"),
+        (["--triton-arg=--model-control-mode=explicit"], {}, "cannot be overridden"),
+        (["--require-admin-key"], {}, "no admin key"),
+        ([], {"LONGDOC_REQUIRE_ADMIN_KEY": "yes please"}, "$LONGDOC_REQUIRE_ADMIN_KEY"),
+        ([], {ADMIN_KEY_ENV: "short"}, "too short"),
+        ([], {ADMIN_KEY_ENV: "0123456789abcdef", ADMIN_KEY_FILE_ENV: str(key_file)}, "not both"),
+        ([], {ADMIN_KEY_FILE_ENV: str(tmp_path / "nope")}, "not a readable file"),
+        ([f"--log={tmp_path / 'logs' / 's.log'}", "--http-port=0"], {}, "not a TCP port"),
+    ):
+        out = _serve(argv, env)
+        assert out.returncode == 2, (argv, env, out.stdout, out.stderr)
+        assert message in out.stderr, (message, out.stderr)
+        assert "tritonserver ready" not in out.stdout
+    assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").iterdir())
 
 
 # --------------------------------------------------------------------------- the CLI
@@ -378,8 +536,6 @@ def test_cli_notices_crashed_server(tmp_path: Path) -> None:
 
 
 def _echo_stub_pid(server_pid: int) -> int:
-    from longdoc.server.launcher import backend_stubs
-
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         stubs = backend_stubs(server_pid)
@@ -403,31 +559,32 @@ def test_cli_notices_dead_backend_stub(tmp_path: Path) -> None:
     assert "Python backend stub" in out and "died" in out
 
 
-def test_cli_restarts_after_dead_stub(tmp_path: Path) -> None:
+def test_cli_restarts_after_dead_stub_and_keeps_the_generated_key(tmp_path: Path) -> None:
+    """Regression: a restart deleted the generated key file, then announced the key as
+    coming from $LONGDOC_ADMIN_KEY (unset): the operator lost the key. The run's one key
+    survives restarts, unlocks the restarted server, and goes when the run ends."""
     cli = _Cli(tmp_path, "--restart=1")
     try:
         first = int(cli.expect(r"tritonserver ready \(pid (\d+)\)").group(1))
+        key_file = Path(cli.expect(r"key for this run in (\S+)").group(1))
         cli.expect(r"Ctrl-C or SIGTERM stops")
+        key = key_file.read_text().strip()
         os.kill(_echo_stub_pid(first), signal.SIGKILL)
         cli.expect(r"restarting \(1 of 1\)")
         second = int(cli.expect(r"tritonserver ready \(pid (\d+)\)").group(1))
         assert second != first
+        again = cli.expect(r"need the key .*; (.*)$").group(1)
+        assert again == f"key for this run in {key_file}", again
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        assert key_file.read_text().strip() == key
         assert is_ready(f"127.0.0.1:{cli.http}")
+        with httpclient.InferenceServerClient(f"127.0.0.1:{cli.http}") as client:
+            index = client.get_model_repository_index(headers={ADMIN_HEADER: key})
+            assert [m["name"] for m in index] == ["echo"]
         cli.proc.send_signal(signal.SIGTERM)
-        code, _ = cli.finish()
+        code, out = cli.finish()
     finally:
         cli.kill()
     assert code == 0
-
-
-def test_longdoc_serve_help() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "longdoc.cli", "serve", "--help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    assert "--model-repository" in out.stdout
-    assert ADMIN_HEADER in out.stdout
+    assert ADMIN_KEY_ENV not in out
+    assert not key_file.exists()  # a per-run key ends with the run
