@@ -43,6 +43,7 @@ from longdoc.server.probe import free_ports, is_ready
 from longdoc.server.process import ServerHandle, ServerStartError, backend_stubs, start_server
 
 pytestmark = pytest.mark.timeout(120)
+# Tests that start a tritonserver are marked `integration` (make test-fast leaves them out).
 
 ROOT = Path(__file__).resolve().parents[1]
 ECHO_REPO = ROOT / "tests" / "fixtures" / "echo_repo"
@@ -90,6 +91,7 @@ def test_find_tritonserver_prepares_stub_for_this_python() -> None:
     assert find_tritonserver() == binary  # prepared once, then reused
 
 
+@pytest.mark.integration
 def test_ready_and_bound_to_loopback(server: ServerHandle) -> None:
     assert server.is_alive()
     assert server.http_url.startswith("127.0.0.1:")
@@ -117,6 +119,7 @@ def test_ready_and_bound_to_loopback(server: ServerHandle) -> None:
         assert server.allocator == "glibc" and not any(b"jemalloc" in e for e in preload)
 
 
+@pytest.mark.integration
 def test_infer_over_http_and_grpc(server: ServerHandle) -> None:
     with httpclient.InferenceServerClient(server.http_url) as client:
         result = client.infer("echo", [_text_input(httpclient)])
@@ -126,6 +129,7 @@ def test_infer_over_http_and_grpc(server: ServerHandle) -> None:
         assert result.as_numpy("LENGTH").tolist() == [3]
 
 
+@pytest.mark.integration
 def test_admin_api_needs_key_over_http(server: ServerHandle) -> None:
     with httpclient.InferenceServerClient(server.http_url) as client:
         _check_http_admin(client, server)
@@ -142,6 +146,7 @@ def _check_http_admin(client: httpclient.InferenceServerClient, server: ServerHa
     assert client.get_model_metadata("echo")["name"] == "echo"
 
 
+@pytest.mark.integration
 def test_more_apis_behind_the_key_on_request(tmp_path: Path) -> None:
     """`restrict` (longdoc serve --restrict-api): statistics, model-config and health need
     the key too; inference stays open; an unknown API name is refused before starting.
@@ -179,6 +184,7 @@ def test_more_apis_behind_the_key_on_request(tmp_path: Path) -> None:
             assert client.is_server_ready(headers=key)
 
 
+@pytest.mark.integration
 def test_admin_api_needs_key_over_grpc(server: ServerHandle) -> None:
     with grpcclient.InferenceServerClient(server.grpc_url) as client:
         _check_grpc_admin(client, server)
@@ -193,6 +199,7 @@ def _check_grpc_admin(client: grpcclient.InferenceServerClient, server: ServerHa
     assert [m["name"] for m in index["models"]] == ["echo"]
 
 
+@pytest.mark.integration
 def test_generated_admin_key_file_is_private(server: ServerHandle) -> None:
     assert server.admin_key_file is not None
     assert server.admin_key_file.parent == server.log_path.parent
@@ -205,6 +212,7 @@ def test_generated_admin_key_file_is_private(server: ServerHandle) -> None:
 ODD_KEY = "b64+/key=:with,sep'\"!#$%&()*;<>?@[]^`{|}~=="
 
 
+@pytest.mark.integration
 def test_stop_terminates_process_and_odd_keys_work(tmp_path: Path) -> None:
     """A given key is never written anywhere; a key with '=', ':' and ',' (regression: the
     launcher refused '=') unlocks the admin APIs over HTTP and gRPC on the real server."""
@@ -234,6 +242,7 @@ def test_stop_terminates_process_and_odd_keys_work(tmp_path: Path) -> None:
     assert ODD_KEY not in (tmp_path / "t.log").read_text()
 
 
+@pytest.mark.integration
 def test_bad_repository_raises_with_log_tail(tmp_path: Path) -> None:
     model = tmp_path / "repo" / "broken"
     (model / "1").mkdir(parents=True)
@@ -259,6 +268,7 @@ def test_bad_repository_raises_with_log_tail(tmp_path: Path) -> None:
         start_server(ServeOptions(tmp_path / "missing"))
 
 
+@pytest.mark.integration
 def test_ready_timeout_kills_server(tmp_path: Path) -> None:
     model = tmp_path / "repo" / "slow"
     (model / "1").mkdir(parents=True)
@@ -504,6 +514,7 @@ class _Cli:
             self.proc.wait()
 
 
+@pytest.mark.integration
 def test_cli_serve_ready_then_sigterm_exits_zero(tmp_path: Path) -> None:
     cli = _Cli(tmp_path)
     try:
@@ -520,6 +531,7 @@ def test_cli_serve_ready_then_sigterm_exits_zero(tmp_path: Path) -> None:
     assert not is_ready(f"127.0.0.1:{cli.http}", timeout=0.5)
 
 
+@pytest.mark.integration
 def test_cli_notices_crashed_server(tmp_path: Path) -> None:
     cli = _Cli(tmp_path)
     try:
@@ -545,6 +557,7 @@ def _echo_stub_pid(server_pid: int) -> int:
     raise AssertionError("no Python backend stub under tritonserver")
 
 
+@pytest.mark.integration
 def test_cli_notices_dead_backend_stub(tmp_path: Path) -> None:
     """Triton 2.51 keeps a model 'ready' after its stub dies; the supervisor does not."""
     cli = _Cli(tmp_path)
@@ -559,6 +572,7 @@ def test_cli_notices_dead_backend_stub(tmp_path: Path) -> None:
     assert "Python backend stub" in out and "died" in out
 
 
+@pytest.mark.integration
 def test_cli_restarts_after_dead_stub_and_keeps_the_generated_key(tmp_path: Path) -> None:
     """Regression: a restart deleted the generated key file, then announced the key as
     coming from $LONGDOC_ADMIN_KEY (unset): the operator lost the key. The run's one key
