@@ -1,24 +1,30 @@
 """A client for the `document_classifier` ensemble over gRPC or HTTP.
 
 Async under the hood (tritonclient's aio clients: the sync HTTP client is not thread-safe),
-with a concurrency limit, a timeout per attempt, retries with exponential backoff while the
-server is unavailable (restarting, overloaded), and errors reported per document: one bad
-document never fails the batch.
+with a concurrency limit, one deadline per document (``timeout_s``, every attempt included),
+retries with exponential backoff only while the server did not run the request
+(``transport.is_retryable``: unavailable, restarting, connection refused; never after the
+client's own deadline), and errors reported per document: one bad document never fails the
+batch.
+
+tritonclient and numpy only: ``longdoc[client]`` is enough to import and use it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from longdoc.client import transport
 
-MODEL = "document_classifier"
-RAW_OUTPUTS = ("LOGITS", "NUM_CHUNKS", "CHUNK_LOGITS", "CHUNK_SPANS")
+from longdoc import contract
+
+MODEL = contract.ENSEMBLE
+RAW_OUTPUTS = (contract.LOGITS, contract.NUM_CHUNKS, contract.CHUNK_LOGITS, contract.CHUNK_SPANS)
 
 
 @dataclass
@@ -54,21 +60,26 @@ class ServerUnavailable(RuntimeError):
     """The server could not be reached within the retry budget."""
 
 
-def _is_retryable(exc: BaseException) -> bool:
-    """Connection-level failures and 'unavailable' statuses: the request never ran."""
-    if isinstance(exc, (ConnectionError, OSError, asyncio.TimeoutError)):
-        return True
-    text = f"{type(exc).__name__} {exc}".lower()
-    status = str(getattr(exc, "status", lambda: "")() or "").lower()
-    # "no available versions": the model is unloading or loading, i.e. a server restart.
-    markers = ("unavailable", "connect", "503", "502", "failed to establish", "reset by peer",
-               "broken pipe", "server disconnected", "deadline", "no available versions",
-               "not healthy")  # fmt: skip
-    return any(m in status or m in text for m in markers)
+def encode_text(text: str | bytes) -> bytes:
+    """UTF-8 bytes of a document; a ``str`` that cannot be UTF-8 (a lone surrogate, e.g.
+    from JSON's ``"\\ud800"``) raises ValueError naming the position."""
+    if isinstance(text, bytes):
+        return text
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"text is not valid Unicode: {exc.reason} {text[exc.start : exc.end]!r} at "
+            f"character {exc.start} (cannot be encoded as UTF-8)"
+        ) from None
 
 
 class DocumentClassifierClient:
     """Classify documents with a running `document_classifier`.
+
+    ``timeout_s`` is each document's deadline (all its attempts together); ``retries`` and
+    ``backoff_s`` apply only to failures where the server did not run the request;
+    ``headers`` go with every call (e.g. ``{"admin-key": KEY}`` for a locked-down API).
 
     >>> client = DocumentClassifierClient("127.0.0.1:8001", protocol="grpc")
     >>> [r.label for r in client.classify(["a long contract ...", "an annual report ..."])]
@@ -84,65 +95,81 @@ class DocumentClassifierClient:
         backoff_s: float = 0.5,
         headers: dict[str, str] | None = None,
     ) -> None:
-        if protocol not in ("grpc", "http"):
-            raise ValueError(f"protocol must be 'grpc' or 'http' (got {protocol!r})")
-        self.url = url.removeprefix("http://").removeprefix("grpc://")
-        self.protocol = protocol
+        self.protocol = transport.check_protocol(protocol)
+        self.url = transport.normalize_url(url)
         self.model = model
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0 (got {timeout_s})")
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
-        self.headers = headers or {}
+        self.headers = transport.wire_headers(headers, self.protocol)
         self._labels: list[str] | None = None
 
     # -- transport ---------------------------------------------------------------------
     def _module(self):
-        if self.protocol == "grpc":
-            import tritonclient.grpc.aio as module
-        else:
-            import tritonclient.http.aio as module
-        return module
+        return transport.aio_module(self.protocol)
 
-    def _connect(self):
-        return self._module().InferenceServerClient(self.url)
+    def _connect(self, concurrency: int = 8):
+        return transport.aio_client(self.protocol, self.url, self.timeout_s, concurrency)
 
     async def _num_labels(self, client) -> int:
         meta = await client.get_model_metadata(self.model, headers=self.headers)
-        outputs = meta["outputs"] if isinstance(meta, dict) else _grpc_dict(meta)["outputs"]
-        for output in outputs:
-            if output["name"] == "LOGITS":
-                return int(output["shape"][-1])
-        raise RuntimeError(f"model {self.model} has no LOGITS output")
+        shapes = transport.output_shapes(transport.metadata_dict(meta))
+        if contract.LOGITS not in shapes:
+            raise RuntimeError(f"model {self.model} has no {contract.LOGITS} output")
+        return int(shapes[contract.LOGITS][-1])
 
     def _request(self, text: bytes, num_labels: int):
         module = self._module()
-        tensor = module.InferInput("TEXT", [1], "BYTES")
-        tensor.set_data_from_numpy(np.array([text], dtype=object))
-        outputs = [module.InferRequestedOutput(name) for name in RAW_OUTPUTS]
-        # Triton's classification extension returns "p:index:label": the label names.
-        outputs.append(module.InferRequestedOutput("PROBABILITIES", class_count=num_labels))
-        return [tensor], outputs
+        shapes = {name: [] for name in RAW_OUTPUTS}
+        shapes[contract.LOGITS] = [num_labels]
+        shapes[contract.PROBABILITIES] = [num_labels]
+        return [transport.text_input(module, text)], transport.requested_outputs(
+            module, shapes, RAW_OUTPUTS
+        )
+
+    async def _attempts(self, call, deadline: float, on_attempt=None):
+        """``call(remaining_s)`` until it succeeds, fails for good, or the deadline
+        passes; retries (with jittered exponential backoff) only what
+        ``transport.is_retryable`` allows, and never past the deadline."""
+        attempt = 0
+        while True:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                raise transport.DeadlineExceeded(
+                    f"no answer within the client's deadline of {self.timeout_s:g} s"
+                )
+            if on_attempt:
+                on_attempt(attempt + 1)
+            try:
+                return await call(remaining)
+            except Exception as exc:
+                if attempt >= self.retries or not transport.is_retryable(exc):
+                    raise
+                delay = self.backoff_s * (2**attempt) * (0.5 + random.random())
+                if time.perf_counter() + delay >= deadline:
+                    raise  # no time left for another attempt: report this error
+                await asyncio.sleep(delay)
+                attempt += 1
 
     async def _infer_one(self, client, doc_id: str, text: bytes, num_labels: int):
         result = Classification(id=doc_id)
         started = time.perf_counter()
         inputs, outputs = self._request(text, num_labels)
-        for attempt in range(self.retries + 1):
-            result.attempts = attempt + 1
-            try:
-                response = await asyncio.wait_for(
-                    client.infer(self.model, inputs, outputs=outputs, headers=self.headers),
-                    timeout=self.timeout_s,
-                )
-                _fill(result, response)
-                break
-            except Exception as exc:  # noqa: BLE001 - reported per document
-                if attempt < self.retries and _is_retryable(exc):
-                    delay = self.backoff_s * (2**attempt) * (0.5 + random.random())
-                    await asyncio.sleep(delay)
-                    continue
-                result.error = _message(exc)
-                break
+
+        def count(n: int) -> None:
+            result.attempts = n
+
+        async def call(remaining: float):
+            return await transport.infer(
+                client, self.protocol, self.model, inputs, outputs, self.headers, remaining
+            )
+
+        try:
+            _fill(result, await self._attempts(call, started + self.timeout_s, count))
+        except Exception as exc:  # noqa: BLE001 - reported per document
+            result.error = transport.error_text(exc)
         result.latency_s = time.perf_counter() - started
         return result
 
@@ -155,15 +182,19 @@ class DocumentClassifierClient:
         on_result: Callable[[Classification], None] | None = None,
     ) -> list[Classification]:
         ids = list(ids) if ids is not None else [str(i) for i in range(len(texts))]
-        client = self._connect()
+        client = self._connect(concurrency)
         try:
             num_labels = await self._with_retries(lambda: self._num_labels(client))
             gate = asyncio.Semaphore(max(1, concurrency))
 
             async def one(doc_id, text):
-                data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
-                async with gate:
-                    result = await self._infer_one(client, doc_id, data, num_labels)
+                try:
+                    data = encode_text(text)
+                except ValueError as exc:  # this document fails, the others go on
+                    result = Classification(id=doc_id, error=str(exc))
+                else:
+                    async with gate:
+                        result = await self._infer_one(client, doc_id, data, num_labels)
                 if on_result:
                     on_result(result)
                 return result
@@ -183,40 +214,25 @@ class DocumentClassifierClient:
         return asyncio.run(self.aclassify(texts, ids, concurrency, on_result))
 
     async def _with_retries(self, call):
-        for attempt in range(self.retries + 1):
+        async def bounded(remaining: float):
             try:
-                return await asyncio.wait_for(call(), timeout=self.timeout_s)
-            except Exception as exc:  # noqa: BLE001
-                if attempt < self.retries and _is_retryable(exc):
-                    await asyncio.sleep(self.backoff_s * (2**attempt))
-                    continue
-                raise ServerUnavailable(f"{self.protocol}://{self.url}: {_message(exc)}") from exc
+                return await asyncio.wait_for(call(), timeout=remaining)
+            except asyncio.TimeoutError:
+                raise transport.DeadlineExceeded(
+                    f"no answer within the client's deadline of {self.timeout_s:g} s"
+                ) from None
 
-
-def _grpc_dict(message) -> dict:
-    from google.protobuf.json_format import MessageToDict
-
-    data = MessageToDict(message, preserving_proto_field_name=True)
-    for output in data.get("outputs", []):
-        output["shape"] = [int(s) for s in output.get("shape", [])]
-    return data
-
-
-def _message(exc: BaseException) -> str:
-    text = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
-    text = (text or type(exc).__name__).strip()
-    # A proxy in front of Triton (ingress, nginx) answers with an HTML page, which
-    # tritonclient.http reports as a JSON parse error; say what the page says instead.
-    title = re.search(r"<title>\s*([^<]{1,200}?)\s*</title>", text, re.IGNORECASE)
-    if title and "decoding the response" in text:
-        return f"HTTP {title.group(1)} (from a proxy in front of the server)"
-    return text
+        try:
+            return await self._attempts(bounded, time.perf_counter() + self.timeout_s)
+        except Exception as exc:  # noqa: BLE001
+            message = transport.error_text(exc)
+            raise ServerUnavailable(f"{self.protocol}://{self.url}: {message}") from exc
 
 
 def _fill(result: Classification, response) -> None:
-    logits = response.as_numpy("LOGITS")
+    logits = response.as_numpy(contract.LOGITS)
     entries = [e.decode() if isinstance(e, bytes) else str(e) for e in response.as_numpy(
-        "PROBABILITIES").reshape(-1)]  # fmt: skip
+        contract.PROBABILITIES).reshape(-1)]  # fmt: skip
     labels = [""] * len(logits)
     probabilities: dict[str, float] = {}
     for entry in entries:
@@ -228,6 +244,6 @@ def _fill(result: Classification, response) -> None:
     result.labels = labels
     result.probabilities = probabilities
     result.label = labels[int(np.argmax(logits))]
-    result.num_chunks = int(response.as_numpy("NUM_CHUNKS").reshape(-1)[0])
-    result.chunk_logits = response.as_numpy("CHUNK_LOGITS")
-    result.chunk_spans = response.as_numpy("CHUNK_SPANS")
+    result.num_chunks = int(response.as_numpy(contract.NUM_CHUNKS).reshape(-1)[0])
+    result.chunk_logits = response.as_numpy(contract.CHUNK_LOGITS)
+    result.chunk_spans = response.as_numpy(contract.CHUNK_SPANS)

@@ -8,6 +8,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from longdoc.client.transport import DEFAULT_PORTS, PROTOCOLS, default_url, parse_header
+
+from longdoc import contract
+
 EPILOG = """inputs:
   FILE.txt        one document per file (UTF-8)
   DIR             every *.txt below DIR, recursively
@@ -18,6 +22,7 @@ examples:
   longdoc classify contracts/ --top-k 3
   longdoc classify docs.jsonl --protocol http --url 127.0.0.1:8000 --concurrency 16
   cat report.txt | longdoc classify - --explain
+  longdoc classify docs/ --header admin-key:$KEY --timeout 600
 """
 
 
@@ -28,26 +33,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Send documents to the document_classifier ensemble and print one JSON line per "
             "document on stdout: id, label, probabilities, num_chunks (and with --explain the "
-            "passage with the highest chunk score). Exits 1 if any document failed."
+            "passage with the highest chunk score). A document that cannot be read or sent "
+            "(e.g. JSON text with a lone surrogate) or that the server refuses gets an "
+            '"error" line; the others are classified. Exits 1 if any document failed.'
         ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", help="files, directories, .jsonl files or - (stdin)")
-    p.add_argument("--url", help="server address (default 127.0.0.1:8001 gRPC, :8000 HTTP)")
-    p.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
-    p.add_argument("--model", default="document_classifier")
+    p.add_argument(
+        "--url", help=f"server address (default 127.0.0.1:{DEFAULT_PORTS['grpc']} gRPC, "
+        f":{DEFAULT_PORTS['http']} HTTP)",
+    )  # fmt: skip
+    p.add_argument("--protocol", choices=PROTOCOLS, default="grpc")
+    p.add_argument("--model", default=contract.ENSEMBLE)
+    p.add_argument(
+        "--header", type=parse_header, action="append", default=[], metavar="NAME:VALUE",
+        help="send this header with every request (repeatable), e.g. admin-key:KEY for a "
+        "server started with --restrict-api (sent as triton-grpc-protocol-admin-key over gRPC)",
+    )  # fmt: skip
     p.add_argument("--concurrency", type=int, default=8, help="documents in flight")
     p.add_argument("--top-k", type=int, default=None, help="probabilities to print (all)")
     p.add_argument("--explain", action="store_true", help="print the decisive passage")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per attempt")
-    p.add_argument("--retries", type=int, default=4, help="retries while unavailable")
+    p.add_argument(
+        "--timeout", type=float, default=120.0, metavar="S",
+        help="deadline per document in seconds, retries included; a document past it fails "
+        "and is never sent again (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--retries", type=int, default=4,
+        help="retries while the server did not run the request (unavailable, restarting, "
+        "connection refused) (default: %(default)s)",
+    )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=run)
 
 
-def iter_documents(inputs: list[str]) -> Iterator[tuple[str, bytes]]:
-    """(id, raw bytes) for every document named by ``inputs``; ids are paths or JSON ids."""
+def iter_documents(inputs: list[str]) -> Iterator[tuple[str, bytes | str]]:
+    """(id, raw bytes) for every document named by ``inputs``; ids are paths or JSON ids.
+    A JSON Lines text is yielded as the ``str`` it holds (the client encodes it, and a
+    text that is not valid Unicode fails as that document's error)."""
     for item in inputs:
         if item == "-":
             yield "stdin", sys.stdin.buffer.read()
@@ -67,14 +92,29 @@ def iter_documents(inputs: list[str]) -> Iterator[tuple[str, bytes]]:
                     except (ValueError, KeyError, TypeError) as exc:
                         message = f"{path}:{number}: not a {{id, text}} record ({exc})"
                         raise SystemExit(message) from None
-                    yield str(record.get("id", f"{path}:{number}")), str(text).encode("utf-8")
+                    yield str(record.get("id", f"{path}:{number}")), str(text)
         elif path.is_file():
             yield str(path), path.read_bytes()
         else:
             raise SystemExit(f"longdoc classify: error: {item}: no such file or directory")
 
 
-def to_record(result, text: bytes, top_k: int | None, explain: bool) -> dict:
+def dumps(record: dict) -> str:
+    """One JSON line; ``\\u`` escapes where a string (an id from JSON) is not valid
+    Unicode, so that writing it can never fail."""
+    line = json.dumps(record, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(record)
+    return line
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def to_record(result, text: bytes | str, top_k: int | None, explain: bool) -> dict:
     if not result.ok:
         return {"id": result.id, "error": result.error}
     record = {
@@ -86,7 +126,7 @@ def to_record(result, text: bytes, top_k: int | None, explain: bool) -> dict:
     if explain:
         index = result.best_chunk()
         start, end = (int(v) for v in result.chunk_spans[index])
-        decoded = text.decode("utf-8", errors="replace")
+        decoded = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
         record["explain"] = {
             "chunk": index,
             "span": [start, end],
@@ -104,10 +144,13 @@ def run(args: argparse.Namespace) -> int:
     if not documents:
         print("longdoc classify: error: no documents found", file=sys.stderr)
         return 2
-    url = args.url or ("127.0.0.1:8001" if args.protocol == "grpc" else "127.0.0.1:8000")
+    if args.timeout <= 0:
+        print("longdoc classify: error: --timeout must be > 0", file=sys.stderr)
+        return 2
     client = DocumentClassifierClient(
-        url, args.protocol, model=args.model, timeout_s=args.timeout, retries=args.retries
-    )
+        args.url or default_url(args.protocol), args.protocol, model=args.model,
+        timeout_s=args.timeout, retries=args.retries, headers=dict(args.header),
+    )  # fmt: skip
     show = len(documents) > 3 and not args.no_progress
     bar = tqdm(total=len(documents), unit="doc", file=sys.stderr, disable=not show)
     try:
@@ -116,17 +159,17 @@ def run(args: argparse.Namespace) -> int:
             concurrency=args.concurrency, on_result=lambda _: bar.update(),
         )  # fmt: skip
     except ServerUnavailable as exc:
-        print(f"longdoc classify: error: server unavailable: {exc}", file=sys.stderr)
+        print(_printable(f"longdoc classify: error: server unavailable: {exc}"), file=sys.stderr)
         return 3
     finally:
         bar.close()
     failed = []
     for result, (_, text) in zip(results, documents):
-        print(json.dumps(to_record(result, text, args.top_k, args.explain), ensure_ascii=False))
+        print(dumps(to_record(result, text, args.top_k, args.explain)))
         if not result.ok:
             failed.append(result)
     for result in failed:
-        print(f"failed: {result.id}: {result.error}", file=sys.stderr)
+        print(_printable(f"failed: {result.id}: {result.error}"), file=sys.stderr)
     if failed:
         print(f"{len(failed)} of {len(results)} documents failed", file=sys.stderr)
     return 1 if failed else 0

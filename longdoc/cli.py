@@ -16,7 +16,7 @@ SUBCOMMAND_MODULES = [
     "longdoc.export.cli",  # longdoc export
     "longdoc.server.cli",  # longdoc serve
     "longdoc.client.cli",  # longdoc classify
-    "longdoc.client.bench_cli",  # longdoc bench
+    "longdoc.client.bench.cli",  # longdoc bench
     "longdoc.demo",  # longdoc demo
 ]
 

@@ -9,7 +9,7 @@ import random
 
 import numpy as np
 import pytest
-from longdoc.client import stats
+from longdoc.client.bench import measurement, stats
 
 from longdoc import corpus
 
@@ -82,11 +82,11 @@ def _raw(grpc_style: bool, scale: int) -> dict:
 
 @pytest.mark.parametrize("grpc_style", [False, True])
 def test_statistics_delta(grpc_style):
-    before = stats.parse_statistics(_raw(grpc_style, 1))
-    after = stats.parse_statistics(_raw(grpc_style, 3))
-    delta = stats.stats_delta(before, after)["encoder"]
+    before = measurement.parse_statistics(_raw(grpc_style, 1))
+    after = measurement.parse_statistics(_raw(grpc_style, 3))
+    delta = measurement.stats_delta(before, after)["encoder"]
     assert delta.inference_count == 80 and delta.execution_count == 8
-    summary = stats.summarize_model(delta, seconds=2.0)
+    summary = measurement.summarize_model(delta, seconds=2.0)
     assert summary["requests"] == 20 and summary["avg_batch"] == pytest.approx(10.0)
     assert summary["queue_ms"] == pytest.approx(20.0)  # 4e8 ns over 20 requests
     assert summary["compute_infer_ms"] == pytest.approx(60.0)
@@ -111,7 +111,7 @@ def test_token_lengths_distribution():
 
 
 def test_benchmark_corpus_is_deterministic(tokenizer):
-    from longdoc.client.bench import prepare_corpus
+    from longdoc.client.bench.workload import prepare_corpus
 
     from longdoc.chunking import ChunkingConfig
 

@@ -5,7 +5,7 @@ request gets a correct answer (equal to the PyTorch reference) or its own clear 
 gRPC and HTTP, and the server stays ready. The model is the `tiny` preset (random weights,
 seconds to export) with 128-token windows, so the cases cost little CPU; what is tested is
 the serving path, not the model. Figures (times, errors, memory) go to
-`reliability_results/hostile_input.json` (see `client.loadgen.save_results`).
+`reliability_results/hostile_input.json` (see `tests/loadgen.py: save_results`).
 
 Already covered elsewhere, not repeated here: tests/test_serving.py::
 test_bad_inputs_get_their_own_errors (bad documents mixed with good ones in one burst) and
@@ -26,8 +26,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from loadgen import save_results, tree_memory, tree_rss_mb
 from longdoc.client.classifier import DocumentClassifierClient
-from longdoc.client.loadgen import save_results, tree_memory, tree_rss_mb
 
 from longdoc import corpus
 from longdoc.checkpoint import load_preset
@@ -486,7 +486,7 @@ def test_memory_returns_to_baseline_after_hostile_burst(repo, serve, model, allo
     """
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
-    from longdoc.client.loadgen import tree_footprint
+    from loadgen import tree_footprint
     from tritonclient.utils import InferenceServerException
 
     from longdoc.server.launcher import find_jemalloc
@@ -604,7 +604,7 @@ def test_request_size_limit_in_front_keeps_memory_at_baseline(repo, serve, model
     import shutil
     import subprocess
 
-    from longdoc.client.loadgen import tree_footprint
+    from loadgen import tree_footprint
 
     from longdoc.server.launcher import free_ports, wait_ready
 

@@ -2,7 +2,7 @@
 
 Every test starts `longdoc serve` (a real tritonserver) on a `tiny`-preset repository with
 the mean-pool head (random weights whose logits still tell documents apart), sends real
-documents through `client.loadgen` (many independent clients, gRPC and HTTP), and checks
+documents through `tests/loadgen.py` (many independent clients, gRPC and HTTP), and checks
 every answer against the PyTorch reference *of its own document* (logits, chunk count and
 chunk spans), so a crossed response would fail the run. Figures go to
 `reliability_results/reliability.json`; RELIABILITY.md quotes them.
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from longdoc.client.loadgen import (
+from loadgen import (
     MemorySampler,
     check_outcomes,
     listening_addresses,

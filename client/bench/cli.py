@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from longdoc.client.transport import DEFAULT_PORTS, PROTOCOLS, default_url, parse_header
+
+from longdoc import contract
+
 DESCRIPTION = """\
 Benchmark a running document_classifier (started with `longdoc serve`) over gRPC or HTTP.
 
@@ -27,6 +31,12 @@ fraction, and the encoder's batch-size histogram. For a server on this machine, 
 used by the server's processes, by this process and by everything else (a point measured
 while other processes ran is not clean: see --max-other-cores).
 
+Mixed workload (--mixed R,R,...: fairness to short documents): --short-docs documents of
+--short-windows windows arrive at R documents/s (Poisson, open loop) for --mixed-duration-s,
+first alone, then while --long-inflight documents of --long-windows windows are kept in
+flight (the same arrival sequence); short-document p50/p99 of both and their ratio (target:
+p99 at most 2x) go to results.json ("mixed") and summary.md.
+
 Baselines (--baselines, needs --repository): in-process onnxruntime over the same ONNX
 files with the same chunking and batching (the ceiling for the server; and one document
 at a time, for the latency the server adds at concurrency 1), and the naive loop (PyTorch
@@ -44,6 +54,8 @@ Exits 1 if any request failed (the errors are counted per point in the results).
 EPILOG = """examples:
   longdoc bench --url 127.0.0.1:8001 --repository model_repository --output bench_results/x
   longdoc bench --protocol http --url 127.0.0.1:8000 --concurrency 1,4,16 --rate 1,2
+  longdoc bench --repository model_repository --concurrency '' --mixed 2 --long-windows 500
+  longdoc bench --header admin-key:$KEY ...   # a server started with --restrict-api statistics
   longdoc bench --repository /tmp/int8 --baselines --reference-repository /tmp/fp32 \\
       --checkpoint ./minilm-cls --docs 64 --output bench_results/minilm_int8
 """
@@ -69,6 +81,17 @@ def _floats(value: str) -> list[float]:
     return out
 
 
+def _window_range(value: str) -> tuple[int, int]:
+    lo, _, hi = value.partition("-")
+    try:
+        out = (int(lo), int(hi or lo))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or LO-HI windows: {value!r}") from None
+    if not 1 <= out[0] <= out[1]:
+        raise argparse.ArgumentTypeError(f"expected 1 <= LO <= HI: {value!r}")
+    return out
+
+
 def _baselines(value: str) -> list[str]:
     out = [v.strip() for v in value.split(",") if v.strip()]
     bad = [v for v in out if v not in ("ort", "naive")]
@@ -86,9 +109,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s = p.add_argument_group("server")
-    s.add_argument("--url", help="server address (default 127.0.0.1:8001 gRPC, :8000 HTTP)")
-    s.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
-    s.add_argument("--model", default="document_classifier")
+    s.add_argument(
+        "--url", help=f"server address (default 127.0.0.1:{DEFAULT_PORTS['grpc']} gRPC, "
+        f":{DEFAULT_PORTS['http']} HTTP)",
+    )  # fmt: skip
+    s.add_argument("--protocol", choices=PROTOCOLS, default="grpc")
+    s.add_argument("--model", default=contract.ENSEMBLE)
+    s.add_argument(
+        "--header", type=parse_header, action="append", default=[], metavar="NAME:VALUE",
+        help="send this header with every call (repeatable), e.g. admin-key:KEY for a "
+        "server whose statistics API is locked (sent as triton-grpc-protocol-admin-key "
+        "over gRPC)",
+    )  # fmt: skip
     s.add_argument(
         "--repository", metavar="DIR",
         help="the served model repository: its tokenizer/chunking (windows, waste) and ONNX "
@@ -138,6 +170,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "every point records the cores used by the server, this process and others)",
     )  # fmt: skip
     g.add_argument("--retries", type=int, default=2, help="for --max-other-cores (default: 2)")
+    m = p.add_argument_group("mixed workload (fairness to short documents)")
+    m.add_argument(
+        "--mixed", type=_floats, default=[], metavar="R,R,...",
+        help="short-document arrival rates (documents/s) of the mixed workload (default: none)",
+    )  # fmt: skip
+    m.add_argument(
+        "--short-windows", type=_window_range, default=(1, 4), metavar="LO-HI",
+        help="windows per short document (default: 1-4)",
+    )  # fmt: skip
+    m.add_argument("--short-docs", type=int, default=32, help="(default: %(default)s)")
+    m.add_argument(
+        "--long-windows", type=int, default=300, metavar="N",
+        help="windows per long document (default: %(default)s)",
+    )  # fmt: skip
+    m.add_argument(
+        "--long-inflight", type=int, default=1, metavar="K",
+        help="long documents kept in flight (default: %(default)s)",
+    )  # fmt: skip
+    m.add_argument(
+        "--mixed-duration-s", type=float, default=30.0,
+        help="seconds of short arrivals per phase (default: %(default)s)",
+    )  # fmt: skip
     b = p.add_argument_group("baselines (same process, same documents)")
     b.add_argument(
         "--baselines", nargs="?", const="ort,naive", type=_baselines, default=[],
@@ -177,26 +231,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from longdoc.client.bench import BenchConfig, run_bench
+    from longdoc.client.bench.config import BenchConfig
+    from longdoc.client.bench.run import run_bench
 
     if args.render:
-        import json
-        from pathlib import Path
+        from longdoc.client.bench.report import render
 
-        from longdoc.client.bench import write_results
-
-        out = Path(args.render)
-        write_results(json.loads((out / "results.json").read_text()), out)
+        render(args.render)
         return 0
     if args.baselines and not args.repository:
         print("longdoc bench: error: --baselines needs --repository DIR", file=sys.stderr)
         return 2
-    if not args.concurrency and not args.rate:
-        print("longdoc bench: error: no load points (--concurrency / --rate)", file=sys.stderr)
+    if not args.concurrency and not args.rate and not args.mixed:
+        print(
+            "longdoc bench: error: no load points (--concurrency / --rate / --mixed)",
+            file=sys.stderr,
+        )
         return 2
-    url = args.url or ("127.0.0.1:8001" if args.protocol == "grpc" else "127.0.0.1:8000")
+    if args.long_windows < 1 or args.long_inflight < 1 or args.short_docs < 1:
+        print("longdoc bench: error: --long-windows, --long-inflight and --short-docs must "
+              "be >= 1", file=sys.stderr)  # fmt: skip
+        return 2
     cfg = BenchConfig(
-        url=url, protocol=args.protocol, model=args.model, docs=args.docs, seed=args.seed,
+        url=args.url or default_url(args.protocol), protocol=args.protocol, model=args.model,
+        headers=dict(args.header), docs=args.docs, seed=args.seed,
         concurrency=args.concurrency, rates=args.rate, warmup_s=args.warmup_s,
         window_s=args.window_s, min_window_docs=args.min_window_docs,
         stability=args.stability, stable_windows=args.stable_windows,
@@ -207,6 +265,9 @@ def run(args: argparse.Namespace) -> int:
         ort_max_batch=args.ort_max_batch,
         checkpoint=args.checkpoint, preset=args.preset, head=args.head,
         random_head=args.random_head, reference_repository=args.reference_repository,
+        mixed_rates=args.mixed, short_windows=args.short_windows, short_docs=args.short_docs,
+        long_windows=args.long_windows, long_inflight=args.long_inflight,
+        mixed_duration_s=args.mixed_duration_s,
         output=args.output, label=args.label, progress=not (args.no_progress or args.quiet),
         quiet=args.quiet,
     )  # fmt: skip
@@ -218,6 +279,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.output:
         import json
 
-        print(json.dumps({k: result[k] for k in ("saturated", "corpus")}, indent=2, default=str))
+        keys = ("saturated", "corpus", "mixed")
+        print(json.dumps({k: result[k] for k in keys if k in result}, indent=2, default=str))
     failed = sum(p["errors"] for p in result["points"])
+    for m in result.get("mixed", []):
+        failed += m["short_only"]["errors"] + m["mixed"]["errors"] + m["mixed"]["long"]["errors"]
     return 1 if failed else 0

@@ -12,7 +12,8 @@
   padded to ``max_length`` (no buckets, no batching), same windows and weights.
 
 Each runs until the corpus is done or its time limit passes (checked between documents or
-groups), and reports documents, windows and document tokens per second.
+groups), and reports documents, windows and document tokens per second. ``ratios`` and
+``agreement`` set the served figures and decisions against them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from longdoc.client.stats import latency_summary
+from longdoc.client.bench.measurement import CpuMonitor, encoder_max_batch
+from longdoc.client.bench.stats import latency_summary
+
+from longdoc import contract
 
 
 def _rates(done: list, seconds: float) -> dict:
@@ -39,17 +43,6 @@ def _rates(done: list, seconds: float) -> dict:
         "chunks_per_s": chunks / seconds if seconds > 0 else 0.0,
         "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
     }
-
-
-def encoder_max_batch(repository: str | Path, default: int = 64) -> int:
-    import re
-
-    path = Path(repository) / "encoder" / "config.pbtxt"
-    if path.is_file():
-        m = re.search(r"\bmax_batch_size:\s*(\d+)", path.read_text())
-        if m and int(m.group(1)) > 0:
-            return int(m.group(1))
-    return default
 
 
 def ort_batched(
@@ -123,8 +116,8 @@ def load_reference_model(
     from longdoc.runtime import export_metadata, read_labels
 
     repo = Path(repository)
-    chunking = ChunkingConfig.load(repo / "chunker" / "1" / "chunking.json")
-    labels = read_labels(repo / "document_classifier" / "labels.txt")
+    chunking = ChunkingConfig.load(repo / contract.CHUNKER / "1" / contract.CHUNKING_FILE)
+    labels = read_labels(repo / contract.ENSEMBLE / contract.LABELS_FILE)
     report = export_metadata(repo)
     head = head or report.get("head")
     source = report.get("source", "")
@@ -200,8 +193,6 @@ def _measured(call: Callable[[], dict], cfg=None, log: Callable[[str], None] = p
     """``call()``'s result plus the cores used meanwhile, by this process and by others;
     with ``cfg.max_other_cores``, measured again (after waiting for a quiet machine) while
     other processes used more than that."""
-    from longdoc.client.bench import CpuMonitor
-
     monitor = CpuMonitor()
     threshold = getattr(cfg, "max_other_cores", None)
     attempts = 1 + (cfg.retries if threshold is not None else 0)
@@ -278,3 +269,37 @@ def reference_labels(repository: str | Path, texts: list[str], threads: int | No
         for offset, result in enumerate(pipeline.classify_batched(texts[start : start + 16])):
             labels[start + offset] = int(np.argmax(result.logits))
     return labels
+
+
+def ratios(result: dict, conc1: dict[int, list[float]]) -> dict:
+    """served / baseline throughput (tokens/s: the same work whatever the document mix),
+    and what the server adds per document at concurrency 1 over in-process onnxruntime."""
+    out: dict = {}
+    best = result.get("saturated")
+    b = result["baselines"]
+    for name in ("ort_batched", "naive"):
+        if best and name in b and b[name].get("tokens_per_s"):
+            out[f"served_over_{name}"] = best["tokens_per_s"] / b[name]["tokens_per_s"]
+    ort = [
+        b[n]["tokens_per_s"]
+        for n in ("ort_batched", "ort_single")
+        if b.get(n, {}).get("tokens_per_s")
+    ]
+    if best and ort:  # the ceiling: whichever in-process configuration was faster here
+        out["served_over_best_ort"] = best["tokens_per_s"] / max(ort)
+    single = b.get("ort_single", {}).get("latency_by_doc")
+    if single and conc1:
+        paired = [np.mean(conc1[i]) - single[str(i)] for i in sorted(conc1) if str(i) in single]
+        if paired:
+            out["conc1_added_ms_per_doc"] = {
+                "docs": len(paired),
+                "mean": float(np.mean(paired) * 1000),
+                "median": float(np.median(paired) * 1000),
+            }
+    return out
+
+
+def agreement(a: dict[int, int], b: dict[int, int]) -> dict:
+    common = sorted(set(a) & set(b))
+    same = sum(a[i] == b[i] for i in common)
+    return {"docs": len(common), "agree": same, "rate": same / len(common) if common else None}

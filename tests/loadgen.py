@@ -1,4 +1,5 @@
-"""A load generator for reliability work: many independent clients, every answer recorded.
+"""Test support for reliability work (not part of the product): a load generator with many
+independent clients and every answer recorded, memory of the server's processes, results.
 
 ``run_load`` starts ``clients`` workers in one event loop; each worker is its own
 ``DocumentClassifierClient`` (its own connection, gRPC or HTTP in turn) and takes documents
@@ -8,7 +9,9 @@ answer or its error, when it started and finished, how many attempts it took. No
 dropped: a worker whose connection cannot even be set up reports each document it held as
 failed.
 
-``MemorySampler`` samples the resident memory (RSS) of a server process tree in a thread.
+``MemorySampler`` samples the resident memory (RSS) of a server process tree in a thread
+(the tree is walked by ``longdoc.client.bench.measurement.server_processes``, the one walk
+the benchmark's CPU accounting also uses).
 ``check_outcomes`` compares every answer with the expected logits of *its own* document, so
 a crossed response (the answer of another document) is caught, not only a wrong number.
 """
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from longdoc.client.bench.measurement import server_processes
 from longdoc.client.classifier import Classification, DocumentClassifierClient, ServerUnavailable
 
 
@@ -259,10 +263,7 @@ def check_outcomes(report: LoadReport, expected: dict, atol: float = 1e-4) -> di
 
 def server_tree(pid: int):
     """psutil processes of a server: ``pid`` and all its descendants."""
-    import psutil
-
-    root = psutil.Process(pid)
-    return [root, *root.children(recursive=True)]
+    return list(server_processes(pid))
 
 
 SERVER_PROCESSES = ("tritonserver", "triton_python")  # a launcher's own Python is left out
@@ -270,14 +271,7 @@ SERVER_PROCESSES = ("tritonserver", "triton_python")  # a launcher's own Python 
 
 def _server_processes(pid: int, names: tuple[str, ...]):
     """The processes of ``pid``'s tree whose name starts with ``names``."""
-    import psutil
-
-    for proc in server_tree(pid):
-        try:
-            if proc.name().startswith(names):
-                yield proc
-        except psutil.Error:  # a process that exited between listing and reading
-            continue
+    return server_processes(pid, names)
 
 
 def _proc_mib(pid: int, file: str, keys: tuple[str, ...]) -> dict[str, float]:
