@@ -72,7 +72,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--max-bytes", type=int, help="largest accepted document in bytes")
     s = p.add_argument_group("serving")
-    s.add_argument("--max-batch-size", type=int, default=64, help="encoder chunks per batch")
+    s.add_argument(
+        "--max-batch-size",
+        type=int,
+        help="encoder windows per batch, >= max-chunks (refused below it; default: "
+        "max(64, max-chunks))",
+    )
     s.add_argument(
         "--preferred-batch-sizes",
         type=int,
@@ -121,7 +126,7 @@ def _head(value: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from longdoc.export.pipeline import ExportSpec
     from longdoc.export.pipeline import run as run_export
-    from longdoc.export.repository import ServingOptions
+    from longdoc.export.sizing import ServingOptions
 
     chunking = {
         key: value

@@ -42,10 +42,12 @@ class ParityReport:
     argmax_agreement: float
     tolerance: float
     passed: bool
+    checked: str = ""  # which graph ran (the precision above is that graph's)
 
     def summary(self) -> str:
         return (
-            f"parity {self.precision}: {self.documents} documents ({min(self.chunks)}-"
+            f"parity {self.precision}{f' [{self.checked}]' if self.checked else ''}: "
+            f"{self.documents} documents ({min(self.chunks)}-"
             f"{max(self.chunks)} chunks), max |delta logits| {self.max_abs_logits:.3g} "
             f"(tolerance {self.tolerance:g}), max |delta chunk logits| "
             f"{self.max_abs_chunk_logits:.3g}, argmax agreement {self.argmax_agreement:.0%}"
@@ -71,6 +73,7 @@ def check(
     precision: str,
     texts: list[str] | None = None,
     tolerance: float | None = None,
+    checked: str = "",
 ) -> ParityReport:
     """Compare the repository's ONNX files (in-process onnxruntime) with PyTorch."""
     texts = texts or parity_texts()
@@ -89,5 +92,5 @@ def check(
     passed = delta <= tolerance and explained
     return ParityReport(
         precision, len(texts), [e.num_chunks for e in expected], delta, delta_chunks, agree,
-        tolerance, passed,
+        tolerance, passed, checked,
     )  # fmt: skip

@@ -1,4 +1,27 @@
-"""`longdoc export` end to end: load -> ONNX -> precision -> repository -> parity report."""
+"""`longdoc export` end to end: load -> ONNX -> precision -> repository -> parity report.
+
+The export report, ``export_report.json`` at the repository root (``REPORT_FORMAT`` 1):
+
+* ``format``: this layout's version;
+* ``source``, ``head``, ``labels``: the model;
+* ``precision``: the encoder precision served (``fp16`` with ``--tensorrt`` means TensorRT
+  FP16 engines built from the plain FP32 file); ``profile``; ``tensorrt``;
+* ``chunking``: ``chunker/1/chunking.json`` (max_length, overlap, max_chunks, overflow,
+  strategy, seq_buckets, max_bytes, format);
+* ``serving``: the numbers the configs were built from (``export.sizing.Sizing``):
+  ``profile``, ``backend``, ``max_chunks``, ``seq_buckets``, ``max_batch_size`` (encoder
+  windows per batch), ``preferred_batch_sizes``, ``queue_delay_us``, ``max_queue_size``,
+  ``queue_timeout_us``, ``instances`` and ``kinds`` (per model: count, ``cpu``/``gpu``),
+  ``ort_threads`` (encoder/aggregator, 0: all cores), ``ort_batch`` (portable encoder:
+  windows per onnxruntime call, 0: the whole batch), ``tensorrt``, ``trt_shapes``
+  (min/opt/max [batch, seq] or null), ``warmup`` ([seq, batch] per warm-up request),
+  ``response_cache``. Read these instead of parsing config.pbtxt;
+* ``encoder``, ``aggregator``: facts of the ONNX files (``export.graph.onnx_facts``:
+  precision, params, bytes, initializer_dtypes, fused_ops, contrib_domains);
+* ``parity`` (absent with ``--skip-parity``): ``export.parity.ParityReport``; its
+  ``precision`` is that of the graph checked and ``checked`` says which file that was;
+* ``seconds``: how long the export took.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +31,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from longdoc.export import parity, precision, repository, to_onnx
+from longdoc.export import parity, precision, repository, sizing, to_onnx
+from longdoc.export.graph import onnx_facts
 
 from longdoc.checkpoint import LoadedModel, load_checkpoint, load_preset
 from longdoc.chunking import ChunkingConfig
+from longdoc.contract import AGGREGATOR, ENCODER, EXPORT_REPORT, ONNX_FILE
+
+REPORT_FORMAT = 1
 
 
 @dataclass
@@ -29,7 +56,7 @@ class ExportSpec:
     seed: int = 0
     tokenizer: Path | None = None
     chunking: dict = field(default_factory=dict)  # overrides: max_length, overlap, ...
-    serving: repository.ServingOptions = field(default_factory=repository.ServingOptions)
+    serving: sizing.ServingOptions = field(default_factory=sizing.ServingOptions)
     parity_lengths: tuple[int, ...] = parity.DEFAULT_LENGTHS
     skip_parity: bool = False
 
@@ -69,14 +96,16 @@ def run(spec: ExportSpec, log=print) -> dict:
     out = Path(spec.output)
     serving = spec.serving
     serving.profile = spec.profile
-    if serving.max_batch_size < model.chunking.max_chunks:
-        serving.max_batch_size = model.chunking.max_chunks
+    # refuses a --max-batch-size below max_chunks before any slow step
+    planned = sizing.plan(serving, model.chunking)
     log(
         f"model: {model.source}, head {model.head}, {model.num_labels} labels, "
-        f"hidden {model.hidden_size}; chunking {model.chunking.to_dict()}"
+        f"hidden {model.hidden_size}; chunking {model.chunking.to_dict()}; encoder "
+        f"max_batch_size {planned.max_batch_size}"
+        + ("" if serving.max_batch_size else f" (max(64, max_chunks {model.chunking.max_chunks}))")
     )
-    encoder_path = out / "encoder" / "1" / "model.onnx"
-    aggregator_path = out / "aggregator" / "1" / "model.onnx"
+    encoder_path = out / ENCODER / "1" / ONNX_FILE
+    aggregator_path = out / AGGREGATOR / "1" / ONNX_FILE
     with tempfile.TemporaryDirectory(prefix="longdoc-export-") as tmp:
         plain = Path(tmp) / "plain.onnx"
         log("exporting encoder to ONNX (FP32)...")
@@ -91,9 +120,11 @@ def run(spec: ExportSpec, log=print) -> dict:
     log("exporting aggregator to ONNX (FP32)...")
     to_onnx.export_aggregator(model, aggregator_path)
     repository.write_chunker_files(out, model.tokenizer_path, model.chunking)
-    repository.write_configs(out, serving, model.vector_size, model.labels, model.chunking)
+    served = repository.write_configs(out, serving, model.vector_size, model.labels, model.chunking)
+    encoder_facts = onnx_facts(encoder_path)
 
     report: dict = {
+        "format": REPORT_FORMAT,
         "source": model.source,
         "head": model.head,
         "labels": model.labels,
@@ -101,20 +132,32 @@ def run(spec: ExportSpec, log=print) -> dict:
         "profile": spec.profile,
         "tensorrt": serving.tensorrt,
         "chunking": model.chunking.to_dict(),
-        "encoder": precision.describe(encoder_path),
-        "aggregator": precision.describe(aggregator_path),
+        "serving": served.to_dict(),
+        "encoder": encoder_facts,
+        "aggregator": onnx_facts(aggregator_path),
     }
     if not spec.skip_parity:
-        log("checking parity against PyTorch on real documents...")
-        result = parity.check(model, out, spec.precision, parity.parity_texts(spec.parity_lengths))
+        # The check runs the encoder file in the repository: label it with that file's
+        # precision (with --tensorrt the FP32 plain graph, not TensorRT's FP16 engines).
+        checked = encoder_facts["precision"]
+        what = f"{ENCODER}/1/{ONNX_FILE} ({checked} graph, onnxruntime CPU)"
+        if serving.tensorrt:
+            what += (
+                "; TensorRT builds its FP16 engines from it when the model loads, which "
+                "needs a GPU: gpu_checks/run_gpu_checks.py checks those"
+            )
+        log(f"checking parity against PyTorch on real documents: {what}...")
+        result = parity.check(
+            model, out, checked, parity.parity_texts(spec.parity_lengths), checked=what
+        )
         log(result.summary())
         report["parity"] = result.to_dict()
     report["seconds"] = round(time.perf_counter() - started, 1)
-    (out / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / EXPORT_REPORT).write_text(json.dumps(report, indent=2) + "\n")
     if "parity" in report and not report["parity"]["passed"]:
         raise parity.ParityError(
             f"parity failed: max |delta logits| {report['parity']['max_abs_logits']:.3g} > "
             f"{report['parity']['tolerance']:g} or argmax agreement "
-            f"{report['parity']['argmax_agreement']:.0%} too low (report: {out}/export_report.json)"
+            f"{report['parity']['argmax_agreement']:.0%} too low (report: {out}/{EXPORT_REPORT})"
         )
     return report

@@ -79,17 +79,3 @@ def convert(
         fused_path.unlink()
         return dst
     return fuse(plain, dst, num_heads, hidden_size, fp16=precision == "fp16")
-
-
-def describe(path: Path) -> dict:
-    """Sizes and types worth recording: weight dtypes, op counts of the fused kinds."""
-    model = onnx.load(str(path), load_external_data=False)
-    dtypes: dict[str, int] = {}
-    for init in model.graph.initializer:
-        name = onnx.TensorProto.DataType.Name(init.data_type)
-        dtypes[name] = dtypes.get(name, 0) + 1
-    ops: dict[str, int] = {}
-    for node in model.graph.node:
-        ops[node.op_type] = ops.get(node.op_type, 0) + 1
-    fused = {k: ops[k] for k in ("Attention", "SkipLayerNormalization", "BiasGelu") if k in ops}
-    return {"bytes": path.stat().st_size, "initializer_dtypes": dtypes, "fused_ops": fused}

@@ -68,7 +68,7 @@ ARCHITECTURES = {
 }  # fmt: skip
 # What `longdoc export` imports (the served-graph and parity paths).
 EXPORT_PACKAGES = ("torch", "transformers", "onnx", "onnxruntime", "tokenizers", "safetensors")
-CHUNKER_HEADROOM = 3  # chunker capacity / GPU rate (export/repository.py)
+CHUNKER_HEADROOM = 3  # chunker capacity / GPU rate (export/sizing.py)
 
 
 class Skip(Exception):

@@ -37,6 +37,16 @@ CHUNK_VECTORS = "chunk_vectors"
 ENCODER_OUTPUT = CHUNK_VECTORS
 AGGREGATOR_INPUT = CHUNK_VECTORS
 AGGREGATOR_OUTPUTS = (LOGITS, PROBABILITIES, CHUNK_LOGITS)
+CHUNKER_INPUT = TEXT
+CHUNKER_OUTPUTS = (INPUT_IDS, ATTENTION_MASK, CHUNK_SPANS, NUM_CHUNKS)
+
+# Per-model parameters the exporter writes into config.pbtxt and the Python-backend
+# models read (``longdoc.runtime.config_param``).
+PARAM_ONNX_FILE = "onnx_file"
+PARAM_ORT_THREADS = "ort_threads"  # portable models: onnxruntime intra-op threads (0: all)
+PARAM_ORT_BATCH = "ort_batch"  # portable encoder: windows per onnxruntime call (0: all)
+# Triton's onnxruntime backend's own key for intra-op threads (cpu/gpu profiles).
+PARAM_ORT_INTRA_OP_THREADS = "intra_op_thread_count"
 
 # Triton dtype names (config.pbtxt) and the numpy dtypes they carry.
 DTYPES = {
@@ -64,6 +74,8 @@ LOGIT_HEADS = ("logits-mean", "logits-max")
 PRECISIONS = ("fp32", "fp16", "int8")
 PROFILES = ("portable", "cpu", "gpu")
 PRESETS = ("bert-large-uncased", "bert-base-uncased", "tiny")
+# The backend that serves the encoder and aggregator in each profile.
+PROFILE_BACKENDS = {"portable": "python", "cpu": "onnxruntime", "gpu": "onnxruntime"}
 OVERFLOW_POLICIES = ("error", "head", "head_tail")
 STRATEGIES = ("fixed", "balanced")
 

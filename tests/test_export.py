@@ -182,3 +182,14 @@ def test_export_works_from_a_wheel_install(tmp_path):
         assert (out / name / "1" / "model.py").read_bytes() == (
             root / "model_repository" / name / "1" / "model.py"
         ).read_bytes()
+
+
+def test_cli_refuses_a_max_batch_size_below_max_chunks(tmp_path):
+    """It used to be raised to max_chunks without a word; now the operator hears why."""
+    result = run_cli(
+        "--preset", "tiny", "--max-chunks", "16", "--max-batch-size", "8", "--skip-parity",
+        "--output", str(tmp_path / "o"),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "--max-batch-size 8 is below max_chunks 16" in result.stderr
+    assert not (tmp_path / "o" / "encoder" / "1" / "model.onnx").exists()  # refused up front

@@ -20,9 +20,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 from google.protobuf import text_format
-from longdoc.export import repository
+from longdoc.export import repository, sizing
 from longdoc.export.pipeline import ExportSpec, run
-from longdoc.export.repository import ServingOptions
+from longdoc.export.sizing import ServingOptions
 from tritonclient.grpc import model_config_pb2 as mc
 
 from longdoc import corpus
@@ -36,7 +36,7 @@ VARIANTS = {
     "portable": ("portable", "fp32", False, False, False),
     "cpu": ("cpu", "int8", False, False, False),
     "gpu": ("gpu", "fp16", False, False, True),  # FP16 parity vs PyTorch, on the CPU EP
-    "gpu-tensorrt": ("gpu", "fp16", True, True, False),
+    "gpu-tensorrt": ("gpu", "fp16", True, True, True),  # parity of the plain FP32 graph
 }
 CONFIG_TO_ONNX = {"TYPE_INT64": onnx.TensorProto.INT64, "TYPE_FP32": onnx.TensorProto.FLOAT}
 CONFIG_TO_ORT = {"TYPE_INT64": "tensor(int64)", "TYPE_FP32": "tensor(float)"}
@@ -243,7 +243,7 @@ def test_gpu_encoder_is_fp16_with_fp32_io_and_runs_on_the_cpu_provider(repos):
 def test_gpu_defaults_are_the_sized_ones(repos):
     parsed = configs(repos["gpu"][0])
     encoder, chunker, aggregator = parsed["encoder"], parsed["chunker"], parsed["aggregator"]
-    defaults = repository.PROFILE_DEFAULTS["gpu"]
+    defaults = sizing.PROFILE_DEFAULTS["gpu"]
     assert encoder.max_batch_size == 64
     assert list(encoder.dynamic_batching.preferred_batch_size) == [32, 64]
     assert encoder.dynamic_batching.max_queue_delay_microseconds == defaults["queue_delay_us"]
@@ -253,13 +253,21 @@ def test_gpu_defaults_are_the_sized_ones(repos):
     # tiny logits head: a mean over chunks, so the aggregator stays on the CPU, one thread
     assert aggregator.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
     assert aggregator.parameters["intra_op_thread_count"].string_value == "1"
-    # the reasons are written into the configs
-    text = (repos["gpu"][0] / "encoder" / "config.pbtxt").read_text()
-    assert "# " in text and "2,350 chunks/s" in text and "335 GFLOP" in text
-    assert "windows/s" in (repos["gpu"][0] / "chunker" / "config.pbtxt").read_text()
     # 4 chunkers x (1000 / 0.5 ms) windows/s keep the GPU ceiling fed with 3x headroom
-    rate = 1000 / repository.TOKENIZER_MS_PER_CHUNK
-    assert defaults["chunker_instances"] * rate >= 3 * repository.GPU_CEILING_CHUNKS_PER_S
+    rate = 1000 / sizing.TOKENIZER_MS_PER_CHUNK
+    assert defaults["chunker_instances"] * rate >= 3 * sizing.GPU_CEILING_CHUNKS_PER_S
+    assert defaults["chunker_instances"] == sizing.chunker_instances_for(2350) == 4
+    # the reasons live in docs/GPU.md, with the same numbers; each config points there
+    guide = (ROOT / "docs" / "GPU.md").read_text()
+    assert "2,350 chunks/s" in guide and "335 GFLOP" in guide and "0.49 ms" in guide
+    for model in MODELS:
+        first = (repos["gpu"][0] / model / "config.pbtxt").read_text().splitlines()[0]
+        assert first.startswith("# ") and "docs/GPU.md" in first, (model, first)
+
+
+def aggregator_of(opts: ServingOptions, facts: dict | None) -> mc.ModelConfig:
+    _, built = repository.build_configs(opts, 1024, 2, ChunkingConfig(), facts)
+    return built["aggregator"]
 
 
 def test_gpu_aggregator_moves_to_the_gpu_for_heavy_heads():
@@ -267,19 +275,16 @@ def test_gpu_aggregator_moves_to_the_gpu_for_heavy_heads():
     heavy = {"params": 16_800_000, "precision": "fp32", "contrib_domains": []}
     light = {"params": 2_000, "precision": "fp32", "contrib_domains": []}
     for facts, kind in ((heavy, "KIND_GPU"), (light, "KIND_CPU"), (None, "KIND_CPU")):
-        cfg = text_format.Parse(
-            repository.aggregator_config(opts, 1024, 2, facts), mc.ModelConfig()
-        )
+        cfg = aggregator_of(opts, facts)
         assert mc.ModelInstanceGroup.Kind.Name(cfg.instance_group[0].kind) == kind
+        # a GPU aggregator gets onnxruntime's threads; a CPU one a single thread
+        threads = cfg.parameters.get("intra_op_thread_count")
+        assert (threads.string_value if threads else None) == (None if facts is heavy else "1")
     forced = ServingOptions(profile="gpu", aggregator_kind="cpu")
-    cfg = text_format.Parse(repository.aggregator_config(forced, 1024, 2, heavy), mc.ModelConfig())
-    assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    assert aggregator_of(forced, heavy).instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
     # other profiles: always CPU
-    cfg = text_format.Parse(
-        repository.aggregator_config(ServingOptions(profile="cpu"), 1024, 2, heavy),
-        mc.ModelConfig(),
-    )
-    assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    cpu = aggregator_of(ServingOptions(profile="cpu"), heavy)
+    assert cpu.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
 
 
 @pytest.mark.parametrize("variant", ["gpu", "gpu-tensorrt"])
@@ -440,17 +445,93 @@ def test_gpu_check_script_knows_the_presets_and_the_ceiling():
                                    large["intermediate_size"], 512)  # fmt: skip
     assert re.match(r"33\d", f"{flops / 1e9:.0f}")  # DESIGN.md: ~335 GFLOP per chunk
     assert abs(checks.PEAK_TFLOPS * 1e12 / flops - checks.CEILING_CHUNKS_PER_S) < 50
-    assert checks.CEILING_CHUNKS_PER_S == repository.GPU_CEILING_CHUNKS_PER_S
+    assert checks.CEILING_CHUNKS_PER_S == sizing.GPU_CEILING_CHUNKS_PER_S
+    assert checks.CHUNKER_HEADROOM == sizing.CHUNKER_HEADROOM
 
 
 def test_portable_encoder_runs_one_window_per_onnxruntime_call_by_default(repos):
     """The measured CPU default (BENCHMARKS.md); other profiles run the whole batch and
     refuse the knob, which their onnxruntime backend does not have."""
-    text = (repos["portable"][0] / "encoder" / "config.pbtxt").read_text()
-    assert 'key: "ort_batch" value: { string_value: "1" }' in text
+    encoder = configs(repos["portable"][0])["encoder"]
+    assert encoder.parameters["ort_batch"].string_value == "1"
+    assert repos["portable"][1]["serving"]["ort_batch"] == 1
     assert ServingOptions(profile="portable", ort_batch=0).resolved().ort_batch == 0
     assert ServingOptions(profile="cpu").resolved().ort_batch == 0
     with pytest.raises(ValueError, match="portable"):
         ServingOptions(profile="cpu", ort_batch=4).resolved()
     with pytest.raises(ValueError, match=">= 0"):
         ServingOptions(ort_batch=-1).resolved()
+
+
+# ---------------------------------------------------------------------------------------
+# configs as messages; the report's serving facts
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_each_config_is_one_pointer_line_then_the_message(repos, variant):
+    """Written from ModelConfig messages: text_format reproduces each file exactly, after
+    its comment lines (one pointer to docs/GPU.md; the cache caveat where it applies)."""
+    repo, _ = repos[variant]
+    for name, cfg in configs(repo).items():
+        lines = (repo / name / "config.pbtxt").read_text().splitlines(keepends=True)
+        comments = [line for line in lines if line.startswith("#")]
+        assert lines[: len(comments)] == comments and "docs/GPU.md" in comments[0]
+        assert len(comments) == (2 if cfg.response_cache.enable else 1), comments
+        body = "".join(lines[len(comments) :])
+        assert body == text_format.MessageToString(cfg, use_short_repeated_primitives=True)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_report_serving_facts_match_the_configs(repos, variant):
+    """What a benchmark reads from export_report.json is what Triton is told."""
+    repo, report = repos[variant]
+    serving = report["serving"]
+    parsed = configs(repo)
+    encoder = parsed["encoder"]
+    assert report["profile"] == serving["profile"] == VARIANTS[variant][0]
+    assert serving["max_batch_size"] == encoder.max_batch_size
+    assert serving["preferred_batch_sizes"] == list(encoder.dynamic_batching.preferred_batch_size)
+    assert serving["queue_delay_us"] == encoder.dynamic_batching.max_queue_delay_microseconds
+    assert serving["seq_buckets"] == report["chunking"]["seq_buckets"]
+    assert serving["max_chunks"] == report["chunking"]["max_chunks"]
+    for model in ("chunker", "encoder", "aggregator"):
+        (group,) = parsed[model].instance_group
+        assert serving["instances"][model] == group.count
+        assert (
+            mc.ModelInstanceGroup.Kind.Name(group.kind) == "KIND_" + serving["kinds"][model].upper()
+        )
+    if encoder.backend == "python":
+        assert serving["ort_batch"] == int(encoder.parameters["ort_batch"].string_value)
+        assert serving["ort_threads"]["encoder"] == int(
+            encoder.parameters["ort_threads"].string_value
+        )
+    warm = [[s.inputs["input_ids"].dims[0], s.batch_size] for s in encoder.model_warmup]
+    assert serving["warmup"] == warm
+    assert serving["tensorrt"] == bool(
+        encoder.optimization.execution_accelerators.gpu_execution_accelerator
+    )
+    assert serving["response_cache"] == parsed[repository.ENSEMBLE].response_cache.enable
+    assert report["encoder"]["precision"] in ("fp32", "fp16", "int8")
+
+
+def test_tensorrt_parity_is_labelled_with_the_graph_it_checked(repos):
+    """--tensorrt serves the plain FP32 graph (TensorRT builds FP16 engines at load): the
+    parity report says fp32, with the FP32 tolerance, and names what it ran."""
+    _, report = repos["gpu-tensorrt"]
+    assert report["precision"] == "fp16" and report["tensorrt"]  # what is served
+    assert report["encoder"]["precision"] == "fp32"  # what the file is
+    parity = report["parity"]
+    assert parity["precision"] == "fp32" and parity["tolerance"] == 1e-4 and parity["passed"]
+    assert "TensorRT" in parity["checked"] and "model.onnx" in parity["checked"]
+    gpu = repos["gpu"][1]["parity"]  # without TensorRT the fp16 file itself is checked
+    assert gpu["precision"] == "fp16" and "fp16 graph" in gpu["checked"]
+
+
+def test_max_batch_size_follows_max_chunks_and_refuses_to_be_smaller():
+    chunking = ChunkingConfig(max_chunks=100)
+    assert sizing.plan(ServingOptions(), chunking).max_batch_size == 100  # max(64, 100)
+    assert sizing.plan(ServingOptions(), ChunkingConfig(max_chunks=16)).max_batch_size == 64
+    assert sizing.plan(ServingOptions(max_batch_size=128), chunking).max_batch_size == 128
+    with pytest.raises(ValueError, match=r"--max-batch-size 64 is below max_chunks 100"):
+        sizing.plan(ServingOptions(max_batch_size=64), chunking)

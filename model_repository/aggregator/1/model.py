@@ -9,15 +9,23 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from longdoc.runtime import AGGREGATOR_INPUT, AGGREGATOR_OUTPUTS, config_param, make_session
+from longdoc.contract import (
+    AGGREGATOR_INPUT,
+    AGGREGATOR_OUTPUTS,
+    ONNX_FILE,
+    PARAM_ONNX_FILE,
+    PARAM_ORT_THREADS,
+)
+from longdoc.runtime import config_param, make_session
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         here = Path(args["model_repository"]) / args["model_version"]
-        threads = int(config_param(config, "ort_threads", "1"))  # one document per request
-        self.session = make_session(here / config_param(config, "onnx_file", "model.onnx"), threads)
+        threads = int(config_param(config, PARAM_ORT_THREADS, "1"))  # one document per request
+        onnx_file = config_param(config, PARAM_ONNX_FILE, ONNX_FILE)
+        self.session = make_session(here / onnx_file, threads)
 
     def execute(self, requests):
         responses = []

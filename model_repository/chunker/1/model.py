@@ -13,29 +13,38 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from longdoc.chunking import ChunkingConfig, ChunkingError, chunk_text, decode_utf8, load_tokenizer
+from longdoc.contract import (
+    ATTENTION_MASK,
+    CHUNK_SPANS,
+    CHUNKER_INPUT,
+    CHUNKING_FILE,
+    INPUT_IDS,
+    NUM_CHUNKS,
+    TOKENIZER_FILE,
+)
 
 
 class TritonPythonModel:
     def initialize(self, args):
         here = Path(args["model_repository"]) / args["model_version"]
-        self.tokenizer = load_tokenizer(here / "tokenizer.json")
-        self.cfg = ChunkingConfig.load(here / "chunking.json")
+        self.tokenizer = load_tokenizer(here / TOKENIZER_FILE)
+        self.cfg = ChunkingConfig.load(here / CHUNKING_FILE)
         self.model_name = json.loads(args["model_config"])["name"]
 
     def _one(self, request):
-        text = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy()
+        text = pb_utils.get_input_tensor_by_name(request, CHUNKER_INPUT).as_numpy()
         if text.size != 1:
-            raise ChunkingError(f"TEXT must hold exactly one document (got {text.size})")
+            raise ChunkingError(f"{CHUNKER_INPUT} must hold exactly one document (got {text.size})")
         raw = text.reshape(-1)[0]
         data = raw if isinstance(raw, bytes) else str(raw).encode("utf-8")
         self.large_input |= len(data) > LARGE_INPUT_BYTES
         chunks = chunk_text(decode_utf8(data, self.cfg.max_bytes), self.tokenizer, self.cfg)
         return pb_utils.InferenceResponse(
             output_tensors=[
-                pb_utils.Tensor("input_ids", chunks.input_ids),
-                pb_utils.Tensor("attention_mask", chunks.attention_mask),
-                pb_utils.Tensor("CHUNK_SPANS", chunks.spans),
-                pb_utils.Tensor("NUM_CHUNKS", np.array([chunks.num_chunks], dtype=np.int32)),
+                pb_utils.Tensor(INPUT_IDS, chunks.input_ids),
+                pb_utils.Tensor(ATTENTION_MASK, chunks.attention_mask),
+                pb_utils.Tensor(CHUNK_SPANS, chunks.spans),
+                pb_utils.Tensor(NUM_CHUNKS, np.array([chunks.num_chunks], dtype=np.int32)),
             ]
         )
 

@@ -11,7 +11,16 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from longdoc.runtime import ENCODER_OUTPUT, config_param, make_session
+from longdoc.contract import (
+    ATTENTION_MASK,
+    ENCODER_OUTPUT,
+    INPUT_IDS,
+    ONNX_FILE,
+    PARAM_ONNX_FILE,
+    PARAM_ORT_BATCH,
+    PARAM_ORT_THREADS,
+)
+from longdoc.runtime import config_param, make_session
 
 
 def _stack(arrays: list[np.ndarray]) -> np.ndarray:
@@ -23,25 +32,24 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         here = Path(args["model_repository"]) / args["model_version"]
-        threads = int(config_param(config, "ort_threads", "0"))
-        self.session = make_session(here / config_param(config, "onnx_file", "model.onnx"), threads)
-        self.ort_batch = int(config_param(config, "ort_batch", "0"))
+        threads = int(config_param(config, PARAM_ORT_THREADS, "0"))
+        onnx_file = config_param(config, PARAM_ONNX_FILE, ONNX_FILE)
+        self.session = make_session(here / onnx_file, threads)
+        self.ort_batch = int(config_param(config, PARAM_ORT_BATCH, "0"))
 
     def execute(self, requests):
-        ids = [pb_utils.get_input_tensor_by_name(r, "input_ids").as_numpy() for r in requests]
-        masks = [
-            pb_utils.get_input_tensor_by_name(r, "attention_mask").as_numpy() for r in requests
-        ]
+        ids = [pb_utils.get_input_tensor_by_name(r, INPUT_IDS).as_numpy() for r in requests]
+        masks = [pb_utils.get_input_tensor_by_name(r, ATTENTION_MASK).as_numpy() for r in requests]
         outputs = [None] * len(requests)
         by_len = {}
         for i, x in enumerate(ids):
             by_len.setdefault(x.shape[1], []).append(i)
         for indices in by_len.values():
             feeds = {
-                "input_ids": _stack([ids[i] for i in indices]),
-                "attention_mask": _stack([masks[i] for i in indices]),
+                INPUT_IDS: _stack([ids[i] for i in indices]),
+                ATTENTION_MASK: _stack([masks[i] for i in indices]),
             }
-            rows = len(feeds["input_ids"])
+            rows = len(feeds[INPUT_IDS])
             step = self.ort_batch or rows
             run = self.session.run
             parts = [  # row slices are views: no copy per call
