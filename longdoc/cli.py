@@ -18,6 +18,9 @@ SUBCOMMAND_MODULES = [
     "longdoc.client.cli",  # longdoc classify
     "longdoc.client.bench.cli",  # longdoc bench
     "longdoc.demo",  # longdoc demo
+    "longdoc.data",  # longdoc data
+    "longdoc.train",  # longdoc train
+    "longdoc.evaluate",  # longdoc evaluate
 ]
 
 

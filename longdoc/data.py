@@ -1,0 +1,359 @@
+"""Labelled documents: the kernel-docs corpus builder and the readers `train`/`evaluate` use.
+
+Three layouts, one list of :class:`Example`:
+
+* a folder per label: ``DIR/<label>/*.txt`` (what ``longdoc data kernel-docs`` writes for
+  each split);
+* JSON Lines: one ``{"text": ..., "label": ...}`` object per line (``"id"`` optional);
+* CSV with a header holding ``text`` and ``label`` columns (``id`` optional).
+
+Every problem with the data is a :class:`DataError` whose message names the file (and line).
+
+The corpus: Debian's ``linux-doc-6.1`` package, ``Documentation/**/*.rst.gz``, labelled by
+top-level folder; what gives the label away (SPDX lines, ``Documentation/<folder>/`` paths,
+``:doc:``/``:ref:`` targets, ``.. _label:`` anchors, include paths) is removed; content is
+deduplicated by hash; the split is a hash of the path (deterministic); a manifest records
+the document list's checksum.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import hashlib
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+SPLITS = ("train", "validation", "test")
+KERNEL_DOCS_PACKAGE = "linux-doc-6.1"
+# Folders that are not a topic (generated device-tree bindings, other languages, feature
+# matrices) and the per-folder index pages (tables of contents that name their folder).
+DROPPED_FOLDERS = ("devicetree", "translations", "features")
+DROPPED_NAMES = ("index.rst",)
+MIN_DOCS_PER_LABEL = 40
+# Split by the first byte of sha256(path): 70% train, 15% validation, 15% test.
+SPLIT_CUTS = (0.70, 0.85)
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file (and line) at fault."""
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    text: str
+    label: str
+    source: str  # the file (and line) it came from, for error messages
+
+    @property
+    def sha(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def _decode(data: bytes, where: str) -> str:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{where}: not valid UTF-8 ({exc})") from None
+    return text
+
+
+def _check_text(text: object, where: str) -> str:
+    if not isinstance(text, str):
+        raise DataError(f"{where}: 'text' must be a string (got {type(text).__name__})")
+    if not text.strip():
+        raise DataError(f"{where}: the document is empty or whitespace only")
+    return text
+
+
+def _check_label(label: object, where: str) -> str:
+    if not isinstance(label, str | int) or not str(label).strip():
+        raise DataError(f"{where}: missing or empty 'label'")
+    return str(label).strip()
+
+
+def read_folder(root: Path) -> list[Example]:
+    examples = []
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    if not folders:
+        raise DataError(f"{root}: no label folders (expected {root}/<label>/*.txt)")
+    for folder in folders:
+        files = sorted(folder.rglob("*.txt"))
+        if not files:
+            raise DataError(f"{folder}: label folder holds no .txt files")
+        for path in files:
+            text = _check_text(_decode(path.read_bytes(), str(path)), str(path))
+            rel = path.relative_to(root).as_posix()
+            examples.append(Example(rel, text, folder.name, str(path)))
+    return examples
+
+
+def read_jsonl(path: Path) -> list[Example]:
+    examples = []
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataError(f"{path}: the file is empty")
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        where = f"{path}:{number}"
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(_decode(line, where))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: not a JSON object ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected a JSON object with 'text' and 'label'")
+        text = _check_text(record.get("text"), where)
+        label = _check_label(record.get("label"), where)
+        examples.append(Example(str(record.get("id", f"{path.name}:{number}")), text, label, where))
+    return examples
+
+
+def read_csv(path: Path) -> list[Example]:
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataError(f"{path}: the file is empty")
+    text = _decode(raw, str(path))
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if not reader.fieldnames or not {"text", "label"} <= set(reader.fieldnames):
+        raise DataError(f"{path}: the header must name 'text' and 'label' columns")
+    examples = []
+    for number, row in enumerate(reader, start=2):
+        where = f"{path}:{number}"
+        body = _check_text(row.get("text"), where)
+        label = _check_label(row.get("label"), where)
+        examples.append(Example(str(row.get("id") or f"{path.name}:{number}"), body, label, where))
+    return examples
+
+
+def read_dataset(path: str | Path) -> list[Example]:
+    """Examples from a label-folder tree, a ``.jsonl`` or a ``.csv`` file."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_dir():
+        examples = read_folder(path)
+    elif path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+        examples = read_jsonl(path)
+    elif path.suffix.lower() in (".csv",):
+        examples = read_csv(path)
+    else:
+        raise DataError(f"{path}: unknown format (a folder per label, .jsonl or .csv)")
+    if not examples:
+        raise DataError(f"{path}: no documents")
+    return examples
+
+
+def check_training_labels(examples: list[Example], where: str) -> list[str]:
+    """The sorted label set; every label needs at least two documents to be learnt."""
+    counts = Counter(e.label for e in examples)
+    if len(counts) < 2:
+        raise DataError(f"{where}: needs at least two labels (found {sorted(counts)})")
+    for label, count in sorted(counts.items()):
+        if count < 2:
+            only = next(e.source for e in examples if e.label == label)
+            raise DataError(
+                f"{where}: label {label!r} has only one document ({only}); "
+                f"every label needs at least 2"
+            )
+    return sorted(counts)
+
+
+def check_known_labels(examples: list[Example], labels: list[str]) -> None:
+    known = set(labels)
+    for e in examples:
+        if e.label not in known:
+            raise DataError(
+                f"{e.source}: label {e.label!r} is not one the model knows ({', '.join(labels)})"
+            )
+
+
+def data_hash(examples: list[Example]) -> str:
+    """Checksum of the document list (ids, labels, contents) in order."""
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(f"{e.id}\t{e.label}\t{e.sha}\n".encode())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- kernel docs
+
+_SPDX = re.compile(r"^.*SPDX-License-Identifier.*$\n?", re.MULTILINE)
+_ROLE_WITH_TITLE = re.compile(r":(?:doc|ref):`([^`<]*?)\s*<[^`>]*>`")
+_ROLE_BARE = re.compile(r":(?:doc|ref):`[^`]*`")
+_ANCHOR = re.compile(r"^\.\. _[^:\n]+:\s*$\n?", re.MULTILINE)
+_INCLUDE = re.compile(r"^\.\. (?:include|literalinclude|kernel-\w+)::.*$\n?", re.MULTILINE)
+_DOC_PATH = re.compile(r"Documentation/[\w./+-]*")
+
+
+def clean_rst(text: str) -> str:
+    """Remove what names the document's folder (the label) from reStructuredText."""
+    text = _SPDX.sub("", text)
+    text = _ROLE_WITH_TITLE.sub(r"\1", text)
+    text = _ROLE_BARE.sub("", text)
+    text = _ANCHOR.sub("", text)
+    text = _INCLUDE.sub("", text)
+    text = _DOC_PATH.sub("", text)
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+
+def split_of(path: str) -> str:
+    """Deterministic split from a hash of the document's path."""
+    value = int.from_bytes(hashlib.sha256(path.encode()).digest()[:4], "big") / 2**32
+    return SPLITS[0] if value < SPLIT_CUTS[0] else SPLITS[1] if value < SPLIT_CUTS[1] else SPLITS[2]
+
+
+def iter_rst_members(deb: Path):
+    """``(path under Documentation/, gzipped bytes)`` for every .rst.gz in the package."""
+    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
+    try:
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+            for member in tar:
+                name = member.name
+                marker = "/Documentation/"
+                if not member.isfile() or marker not in name or not name.endswith(".rst.gz"):
+                    continue
+                data = tar.extractfile(member).read()
+                yield name.split(marker, 1)[1][: -len(".gz")], data
+    finally:
+        proc.stdout.close()
+        if proc.wait() != 0:
+            raise DataError(f"{deb}: dpkg-deb could not read the package")
+
+
+def collect_kernel_docs(members, min_docs: int = MIN_DOCS_PER_LABEL) -> tuple[list[dict], dict]:
+    """Label, clean, deduplicate and split; returns the documents and drop statistics."""
+    stats = Counter()
+    seen: set[str] = set()
+    docs = []
+    for rel, gz in sorted(members):
+        stats["files"] += 1
+        parts = rel.split("/")
+        if len(parts) < 2:
+            stats["top_level_page"] += 1
+            continue
+        if parts[0] in DROPPED_FOLDERS:
+            stats[f"folder_{parts[0]}"] += 1
+            continue
+        if parts[-1] in DROPPED_NAMES:
+            stats["index_page"] += 1
+            continue
+        raw = gzip.decompress(gz) if gz[:2] == b"\x1f\x8b" else gz
+        text = clean_rst(raw.decode("utf-8", errors="replace"))
+        if not text.strip():
+            stats["empty"] += 1
+            continue
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        if digest in seen:
+            stats["duplicate"] += 1
+            continue
+        seen.add(digest)
+        docs.append({"path": rel, "label": parts[0], "sha256": digest, "text": text})
+    counts = Counter(d["label"] for d in docs)
+    kept = {label for label, n in counts.items() if n >= min_docs}
+    stats["small_label_docs"] = sum(n for label, n in counts.items() if label not in kept)
+    docs = [d for d in docs if d["label"] in kept]
+    for d in docs:
+        d["split"] = split_of(d["path"])
+    return docs, dict(stats)
+
+
+def write_corpus(docs: list[dict], output: Path, source: dict, stats: dict) -> dict:
+    if output.exists():
+        for split in SPLITS:
+            shutil.rmtree(output / split, ignore_errors=True)
+    lines = []
+    for d in docs:
+        name = d["path"].replace("/", "__")[: -len(".rst")] + ".txt"
+        target = output / d["split"] / d["label"] / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(d["text"], encoding="utf-8")
+        lines.append(f"{d['split']}\t{d['label']}\t{d['path']}\t{d['sha256']}")
+    lines.sort()
+    manifest = {
+        "corpus": "kernel-docs",
+        "source": source,
+        "documents": len(docs),
+        "labels": dict(sorted(Counter(d["label"] for d in docs).items())),
+        "splits": {s: sum(d["split"] == s for d in docs) for s in SPLITS},
+        "dropped": stats,
+        "rules": {
+            "dropped_folders": list(DROPPED_FOLDERS),
+            "dropped_names": list(DROPPED_NAMES),
+            "min_docs_per_label": MIN_DOCS_PER_LABEL,
+            "split": "sha256(path)[:4] / 2**32: < 0.70 train, < 0.85 validation, else test",
+        },
+        "checksum": hashlib.sha256(("\n".join(lines) + "\n").encode()).hexdigest(),
+    }
+    (output / "documents.tsv").write_text("split\tlabel\tpath\tsha256\n" + "\n".join(lines) + "\n")
+    (output / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def download_deb(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    found = sorted(directory.glob(f"{KERNEL_DOCS_PACKAGE}_*.deb"))
+    if found:
+        return found[-1]
+    result = subprocess.run(
+        ["apt-get", "download", KERNEL_DOCS_PACKAGE], cwd=directory, capture_output=True,
+        text=True,
+    )  # fmt: skip
+    found = sorted(directory.glob(f"{KERNEL_DOCS_PACKAGE}_*.deb"))
+    if result.returncode != 0 or not found:
+        raise DataError(
+            f"apt-get download {KERNEL_DOCS_PACKAGE} failed ({result.stderr.strip()[-300:]}); "
+            f"download the .deb yourself and pass --deb PATH"
+        )
+    return found[-1]
+
+
+def build_kernel_docs(output: Path, deb: Path | None = None, min_docs: int = MIN_DOCS_PER_LABEL):
+    deb = deb or download_deb(output / "_download")
+    docs, stats = collect_kernel_docs(iter_rst_members(deb), min_docs)
+    digest = hashlib.sha256(deb.read_bytes()).hexdigest()
+    return write_corpus(docs, output, {"package": deb.name, "sha256": digest}, stats)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "data", help="build a labelled long-document corpus (kernel-docs)",
+        description="Build the Linux kernel documentation corpus: one folder per label and "
+        "split, ready for `longdoc train` and `longdoc evaluate`.",
+    )  # fmt: skip
+    sub = parser.add_subparsers(dest="corpus", metavar="CORPUS", required=True)
+    kd = sub.add_parser("kernel-docs", help="Debian linux-doc-6.1, labelled by folder")
+    kd.add_argument("--output", type=Path, required=True, help="writes OUTPUT/{train,...}/")
+    kd.add_argument("--deb", type=Path, help="a downloaded linux-doc .deb (default: apt-get)")
+    kd.add_argument("--min-docs", type=int, default=MIN_DOCS_PER_LABEL)
+    kd.set_defaults(func=_run_kernel_docs)
+
+
+def _run_kernel_docs(args: argparse.Namespace) -> int:
+    try:
+        manifest = build_kernel_docs(args.output, args.deb, args.min_docs)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"{manifest['documents']} documents in {len(manifest['labels'])} labels "
+        f"{manifest['splits']} -> {args.output} (checksum {manifest['checksum'][:16]})"
+    )
+    return 0
