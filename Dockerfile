@@ -19,7 +19,6 @@ WORKDIR /src
 COPY pyproject.toml ./
 COPY longdoc ./longdoc
 COPY export ./export
-COPY server ./server
 COPY client ./client
 # the Python-backend model.py files, shipped in the wheel as longdoc.model_sources
 COPY model_repository ./model_repository
@@ -56,12 +55,11 @@ RUN python -m pip install --no-cache-dir torch==2.13.0 --index-url "${TORCH_INDE
 COPY pyproject.toml ./
 COPY longdoc ./longdoc
 COPY export ./export
-COPY server ./server
 COPY client ./client
 # The committed Python-backend sources that `longdoc export` copies into a repository.
 COPY model_repository ./model_repository
 # Editable: export finds model_repository/ next to its own sources, as in a checkout.
-RUN python -m pip install --no-cache-dir -e . \
+RUN python -m pip install --no-cache-dir -e ".[export]" \
     && longdoc export --help > /dev/null \
     && useradd --uid 1000 --user-group --no-create-home --shell /usr/sbin/nologin longdoc \
     && mkdir -p /models /checkpoint \
@@ -72,13 +70,19 @@ ENTRYPOINT ["longdoc", "export", "--output", "/models"]
 CMD ["--checkpoint", "/checkpoint", "--precision", "fp16", "--profile", "gpu"]
 
 # ---------------------------------------------------------------------------------------
-# serve-base: NVIDIA's Triton image plus what the chunker (Python backend) imports.
+# serve-base: NVIDIA's Triton image plus longdoc[serve]; the entrypoint is `longdoc serve`.
 #
 # Pinned to 24.10, which ships Triton 2.51.0: the same server version as the tritonserver
 # in the nvidia-pytriton wheel that the tests run, so behaviour measured locally
 # (ensemble/batcher facts in DESIGN.md, flag syntax of the restricted APIs) holds here.
 # Its Python is 3.10 (Ubuntu 22.04); the longdoc wheel is pure Python and needs >= 3.10.
 # For bit-for-bit rebuilds, pin the digest too: nvcr.io/nvidia/tritonserver:24.10-py3@sha256:...
+#
+# The server is `longdoc serve`, the launcher every other way of running longdoc uses
+# (ports, lock-down, allocator, supervision); the LONGDOC_* variables below are its flags'
+# defaults (`longdoc serve --help` lists them all): on every interface, tritonserver's log
+# on stdout, no start without an admin key, minutes for bert-large to load (and TensorRT
+# engines to build), 30 s to drain on SIGTERM.
 # ---------------------------------------------------------------------------------------
 FROM nvcr.io/nvidia/tritonserver:24.10-py3 AS serve-base
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -89,24 +93,30 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
     LONGDOC_MODEL_REPOSITORY=/models \
+    LONGDOC_HOST=0.0.0.0 \
     LONGDOC_HTTP_PORT=8000 \
     LONGDOC_GRPC_PORT=8001 \
-    LONGDOC_METRICS_PORT=8002
-# numpy 1.26: this Triton's Python backend crashes on TYPE_STRING inputs under numpy 2.
-# longdoc itself without dependencies: the chunker needs only numpy and tokenizers.
-# The image's `triton-server` user is uid/gid 1000 (NVIDIA's non-root convention); check it.
+    LONGDOC_METRICS_PORT=8002 \
+    LONGDOC_LOG=- \
+    LONGDOC_REQUIRE_ADMIN_KEY=true \
+    LONGDOC_READY_TIMEOUT=1800 \
+    LONGDOC_EXIT_TIMEOUT=30
+# longdoc with the `serve` extra, at the project's pins (numpy 1.26: this Triton's Python
+# backend crashes on TYPE_STRING inputs under numpy 2). The tritonserver on PATH (this
+# image's) is the one `longdoc serve` runs. The image's `triton-server` user is uid/gid
+# 1000 (NVIDIA's non-root convention); check it.
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/tmp/wheels \
-    python3 -m pip install --no-cache-dir numpy==1.26.4 tokenizers==0.22.2 \
-    && python3 -m pip install --no-cache-dir --no-deps --no-index \
-        --find-links /tmp/wheels longdoc==0.1.0 \
-    && python3 -c "import numpy, tokenizers, longdoc.chunking; \
+    python3 -m pip install --no-cache-dir --find-links /tmp/wheels "longdoc[serve]==0.1.0" \
+    && python3 -c "import numpy, tokenizers, longdoc.chunking, longdoc.server.cli; \
 assert numpy.__version__ == '1.26.4', numpy.__version__" \
+    && longdoc serve --help > /dev/null \
     && [ "$(id -u triton-server)" = 1000 ] && [ "$(id -g triton-server)" = 1000 ] \
     && mkdir -p /models /opt/longdoc
 COPY --chmod=0755 docker/entrypoint.sh /opt/longdoc/entrypoint.sh
 USER 1000:1000
 EXPOSE 8000 8001 8002
 # Model loading (and a TensorRT engine build on first start) takes minutes for bert-large.
+# (With LONGDOC_RESTRICT_API=health this probe, and any orchestrator's, needs the key.)
 HEALTHCHECK --start-period=600s --interval=15s --timeout=5s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('LONGDOC_HTTP_PORT', '8000') + '/v2/health/ready', timeout=4)"]
 ENTRYPOINT ["/opt/longdoc/entrypoint.sh"]

@@ -4,9 +4,10 @@ Everything here runs offline and without Docker or a GPU:
 
 * hadolint lints the Dockerfile, shellcheck the entrypoint;
 * the Dockerfile's structure is checked (pinned Triton base, non-root, health check...);
-* the entrypoint is run with bash and a fake ``tritonserver`` that records its arguments
-  (a test of the script), then once with the real Triton 2.51 binary from nvidia-pytriton
-  (the flag syntax and the lock-down, as the server itself understands them);
+* the entrypoint (``exec longdoc serve``) is run with bash and a fake ``longdoc`` that
+  records what it gets, then once with the image's environment and the real Triton 2.51
+  binary from nvidia-pytriton (the flag syntax and the lock-down, as the server itself
+  understands them);
 * every manifest is validated: core kinds against the Kubernetes OpenAPI schemas
   (kubernetes-validate, strict), custom resources (KServe, Prometheus Operator) by
   structure plus their embedded Kubernetes types; then the manifests are checked against
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import socket
@@ -31,7 +33,8 @@ from pathlib import Path
 import pytest
 import yaml  # PyYAML: a dependency of kubernetes-validate (and of transformers)
 
-from longdoc.server.launcher import JEMALLOC_PATHS
+from longdoc.contract import ADMIN_KEY_ENV
+from longdoc.server.command import JEMALLOC_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -130,14 +133,31 @@ def test_every_base_image_is_pinned_and_triton_is_the_tested_release():
     assert triton == ["nvcr.io/nvidia/tritonserver:24.10-py3"]
 
 
-def test_serving_image_installs_the_chunker_dependencies_at_the_project_pins():
+def project_version() -> str:
+    m = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    assert m, "no version in pyproject.toml"
+    return m.group(1)
+
+
+def project_extra(name: str) -> str:
+    """The text of one extra's list in pyproject.toml."""
+    text = (ROOT / "pyproject.toml").read_text()
+    m = re.search(rf"^{name} = \[(.*?)^\]", text, re.MULTILINE | re.DOTALL)
+    assert m, f"no extra {name!r} in pyproject.toml"
+    return m.group(1)
+
+
+def test_serving_image_installs_longdoc_serve_at_the_project_pins():
+    """longdoc with its `serve` extra, from the wheel built in the first stage: the same
+    pins as the tests (numpy 1.26, tokenizers...), checked at build time."""
     run = " ".join(stage_args("serve-base", "RUN"))
-    assert f"numpy=={project_pin('numpy')}" in run
-    assert f"tokenizers=={project_pin('tokenizers')}" in run
+    assert f'"longdoc[serve]=={project_version()}"' in run, run
+    assert "--find-links /tmp/wheels" in run and "from=wheel" in run
     assert project_pin("numpy").startswith("1."), "numpy 2 crashes Triton 2.51's Python backend"
-    # longdoc itself, without torch & co.
-    assert re.search(r"--no-deps\b.*\blongdoc==", run), run
-    assert "import numpy, tokenizers, longdoc.chunking" in run  # fails the build, not a load
+    assert f"assert numpy.__version__ == '{project_pin('numpy')}'" in run
+    assert "tokenizers==" in project_extra("serve")
+    assert "import numpy, tokenizers, longdoc.chunking, longdoc.server.cli" in run
+    assert "longdoc serve --help" in run  # the console script is there and runs
 
 
 def test_serving_image_runs_as_non_root_with_health_check_and_ports():
@@ -162,6 +182,7 @@ def test_serving_image_runs_as_non_root_with_health_check_and_ports():
 def test_export_image_is_the_same_project_with_cpu_torch():
     run = " ".join(stage_args("export", "RUN"))
     assert f"torch=={project_pin('torch')}" in run and '--index-url "${TORCH_INDEX_URL}"' in run
+    assert '-e ".[export]"' in run  # the export extra: torch, transformers, onnx...
     assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in stage_args("export", "ARG")
     entrypoint = json.loads(stage_args("export", "ENTRYPOINT")[-1])
     assert entrypoint == ["longdoc", "export", "--output", "/models"]
@@ -195,175 +216,119 @@ def test_dockerignore_is_a_whitelist_that_lets_every_copy_source_through():
 
 
 # ---------------------------------------------------------------------------------------
-# The entrypoint script, with a fake tritonserver
+# The entrypoint: `exec longdoc serve`, configured by the image's LONGDOC_* variables
+# (the launcher's rules themselves are tested in test_server_launcher.py)
 # ---------------------------------------------------------------------------------------
 
-FAKE_TRITON = """#!/usr/bin/env bash
+FAKE_LONGDOC = """#!/usr/bin/env bash
 printf '%s\\n' "$@" > "$FAKE_OUT/args"
 env > "$FAKE_OUT/env"
 """
 
 
-@pytest.fixture
-def fake(tmp_path):
-    """Run the entrypoint with a fake tritonserver; returns (result, args or None, env)."""
+def image_env() -> dict[str, str]:
+    """The LONGDOC_* variables the serving image sets (its ENV instructions)."""
+    env: dict[str, str] = {}
+    for args in stage_args("serve-base", "ENV"):
+        for name, value in re.findall(r"(\w+)=(\S+)", args):
+            if name.startswith("LONGDOC_"):
+                env[name] = value
+    return env
+
+
+def serve_flags_env() -> set[str]:
+    """The variables `longdoc serve` reads: one per flag, and the key itself."""
+    import argparse
+
+    from longdoc.server import cli
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    (serve,) = parser._subparsers._group_actions[0].choices.values()
+    names = {
+        cli.env_name(o)
+        for a in serve._actions
+        for o in a.option_strings[:1]
+        if o.startswith("--") and o != "--help"
+    }
+    return names | {ADMIN_KEY_ENV, JEMALLOC_ENV}
+
+
+def test_entrypoint_is_exec_longdoc_serve(tmp_path):
+    """A few lines that hand everything to `longdoc serve`: arguments, and the environment
+    (the key included: the launcher keeps it from tritonserver's environment)."""
+    code = [
+        ln
+        for ln in ENTRYPOINT.read_text().splitlines()
+        if ln.strip() and not ln.lstrip().startswith("#")
+    ]
+    assert len(code) <= 6, code
+    assert code[-1].startswith("exec ") and code[-1].endswith('longdoc serve "$@"')
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    triton = bin_dir / "tritonserver"
-    triton.write_text(FAKE_TRITON)
-    triton.chmod(0o755)
-    models = tmp_path / "models"
-    models.mkdir()
-
-    def run(env: dict[str, str] | None = None, args: tuple[str, ...] = ()):
-        out = tmp_path / "out"
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir()
-        full_env = {
-            "PATH": f"{bin_dir}:/usr/bin:/bin",
-            "HOME": str(tmp_path),
-            "FAKE_OUT": str(out),
-            "LONGDOC_MODEL_REPOSITORY": str(models),
-            **(env or {}),
-        }
-        result = subprocess.run(
-            ["bash", str(ENTRYPOINT), *args],
-            env=full_env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        args_file = out / "args"
-        got = args_file.read_text().splitlines() if args_file.exists() else None
-        env_file = out / "env"
-        got_env = env_file.read_text() if env_file.exists() else ""
-        return result, got, got_env
-
-    run.models = models
-    run.tmp = tmp_path
-    return run
+    fake = bin_dir / "longdoc"
+    fake.write_text(FAKE_LONGDOC)
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "FAKE_OUT": str(out), "LONGDOC_ADMIN_KEY": KEY}
+    result = subprocess.run(
+        ["bash", str(ENTRYPOINT), "--triton-arg=--log-verbose=1", "--restart", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    args = (out / "args").read_text().splitlines()
+    assert args == ["serve", "--triton-arg=--log-verbose=1", "--restart", "2"]
+    assert f"LONGDOC_ADMIN_KEY={KEY}" in (out / "env").read_text()
 
 
-def refused(result, got, message: str):
-    assert result.returncode != 0, result
-    assert got is None, "tritonserver must not start"
-    assert message in result.stderr, result.stderr
+def test_image_environment_names_real_flags_and_fits_the_probes(monkeypatch):
+    """Every LONGDOC_* variable the image and the manifests set is one `longdoc serve`
+    reads (a renamed flag would otherwise be ignored without a word), and the image's
+    settings parse and fit Kubernetes' startup probe and grace period."""
+    known = serve_flags_env()
+    env = image_env()
+    assert set(env) <= known, set(env) - known
+    for kind in ("Deployment", "ServingRuntime"):
+        for _, doc in all_docs()[kind]:
+            spec = doc["spec"]
+            containers = (
+                spec["containers"] if kind == "ServingRuntime" else pod_spec(doc)["containers"]
+            )
+            for c in containers:
+                names = {e["name"] for e in c.get("env", []) if e["name"].startswith("LONGDOC_")}
+                assert names <= known, (kind, names - known)
+
+    import argparse
+
+    from longdoc.server import cli
+
+    for name in [n for n in os.environ if n.startswith("LONGDOC_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    args = parser.parse_args(["serve"])
+    assert not [v for v in vars(args).values() if isinstance(v, cli.EnvError)]
+    assert args.host == "0.0.0.0" and args.log == "-" and args.require_admin_key is True
+    assert (args.http_port, args.grpc_port, args.metrics_port) == (8000, 8001, 8002)
+    deployment = one("Deployment")
+    c = container(deployment)
+    startup = c["startupProbe"]
+    assert args.ready_timeout >= startup["periodSeconds"] * startup["failureThreshold"]
+    assert args.exit_timeout < pod_spec(deployment)["terminationGracePeriodSeconds"]
 
 
-def test_allocator_jemalloc_when_present_glibc_when_asked(fake):
-    """jemalloc (found or named) goes into LD_PRELOAD for tritonserver and its stubs;
-    LONGDOC_ALLOCATOR=glibc leaves it out; asking for jemalloc where there is none fails."""
-    key = {"LONGDOC_ADMIN_KEY": "k" * 32}
-    lib = fake.tmp / "libjemalloc.so.2"
-    lib.write_bytes(b"")
-    result, got, env = fake({**key, "LONGDOC_JEMALLOC": str(lib)})
-    assert got is not None and f"LD_PRELOAD={lib}" in env and "background_thread:true" in env
-    assert "malloc: jemalloc" in result.stderr
-    result, got, env = fake({**key, "LONGDOC_JEMALLOC": str(lib), "LONGDOC_ALLOCATOR": "glibc"})
-    assert got is not None and "LD_PRELOAD" not in env and "malloc: glibc" in result.stderr
-    missing = {"LONGDOC_JEMALLOC": str(fake.tmp / "none.so")}
-    if not any(Path(p).is_file() for p in JEMALLOC_PATHS):
-        refused(*fake({**key, **missing, "LONGDOC_ALLOCATOR": "jemalloc"})[:2], "no libjemalloc")
-    refused(*fake({**key, "LONGDOC_ALLOCATOR": "tcmalloc"})[:2], "must be auto, jemalloc")
+def test_the_example_secret_cannot_start_a_server():
+    from longdoc.server.lockdown import check_admin_key
 
-
-def test_refuses_to_start_without_a_key(fake):
-    refused(*fake()[:2], "no admin key")
-    refused(*fake({"LONGDOC_ADMIN_KEY": ""})[:2], "no admin key")
-    empty = fake.tmp / "empty-key"
-    empty.write_text("\n")
-    refused(*fake({"LONGDOC_ADMIN_KEY_FILE": str(empty)})[:2], "no admin key")
-
-
-def test_refuses_weak_or_odd_keys(fake):
-    refused(*fake({"LONGDOC_ADMIN_KEY": "short"})[:2], "too short")
-    refused(*fake({"LONGDOC_ADMIN_KEY": KEY + ":x"})[:2], "may contain only")
-    refused(*fake({"LONGDOC_ADMIN_KEY": KEY + " x"})[:2], "may contain only")
-
-
-def test_the_example_secret_cannot_start_a_server(fake):
     (secret,) = load_docs(K8S / "secret.example.yaml")
-    refused(*fake({"LONGDOC_ADMIN_KEY": secret["stringData"]["admin-key"]})[:2], "too short")
-
-
-def test_refuses_a_missing_key_file_and_two_sources(fake):
-    refused(*fake({"LONGDOC_ADMIN_KEY_FILE": "/nonexistent/key"})[:2], "not a readable file")
-    key_file = fake.tmp / "key"
-    key_file.write_text(KEY)
-    env = {"LONGDOC_ADMIN_KEY": KEY, "LONGDOC_ADMIN_KEY_FILE": str(key_file)}
-    refused(*fake(env)[:2], "not both")
-
-
-def test_locked_down_command_line(fake):
-    result, args, child_env = fake({"LONGDOC_ADMIN_KEY": KEY})
-    assert result.returncode == 0, result.stderr
-    assert f"--model-repository={fake.models}" in args
-    assert "--model-control-mode=none" in args
-    assert f"--http-restricted-api={LOCKED_APIS}:admin-key={KEY}" in args
-    assert f"--grpc-restricted-protocol={LOCKED_APIS}:admin-key={KEY}" in args
-    for flag in (
-        "--grpc-infer-allocation-pool-size=0",  # no pooled 50 MB request buffers
-        "--http-address=0.0.0.0",
-        "--grpc-address=0.0.0.0",
-        "--metrics-address=0.0.0.0",
-        "--http-port=8000",
-        "--grpc-port=8001",
-        "--metrics-port=8002",
-        "--strict-readiness=true",
-        "--exit-on-error=true",
-    ):
-        assert flag in args, flag
-    assert not any(a.startswith("--cache-config") for a in args)
-    # The key reaches tritonserver's flags only: not the logs, not the children's env.
-    assert KEY not in result.stdout + result.stderr
-    assert KEY not in child_env and "LONGDOC_ADMIN_KEY" not in child_env
-
-
-def test_key_from_a_mounted_secret_file(fake):
-    key_file = fake.tmp / "admin-key"
-    key_file.write_text(KEY + "\n")  # `kubectl create secret --from-file` keeps newlines
-    result, args, child_env = fake({"LONGDOC_ADMIN_KEY_FILE": str(key_file)})
-    assert result.returncode == 0, result.stderr
-    assert f"--http-restricted-api={LOCKED_APIS}:admin-key={KEY}" in args
-    assert "LONGDOC_ADMIN_KEY_FILE" not in child_env
-
-
-def test_response_cache_ports_and_extra_restrictions(fake):
-    env = {
-        "LONGDOC_ADMIN_KEY": KEY,
-        "LONGDOC_RESPONSE_CACHE_MB": "08",
-        "LONGDOC_HTTP_PORT": "8080",
-        "LONGDOC_GRPC_PORT": "9000",
-        "LONGDOC_EXTRA_RESTRICTED_APIS": "model-config,statistics",
-    }
-    result, args, _ = fake(env)
-    assert result.returncode == 0, result.stderr
-    assert f"--cache-config=local,size={8 * 1024 * 1024}" in args
-    assert "--http-port=8080" in args and "--grpc-port=9000" in args
-    assert f"--http-restricted-api={LOCKED_APIS},model-config,statistics:admin-key={KEY}" in args
-    refused(*fake({"LONGDOC_ADMIN_KEY": KEY, "LONGDOC_RESPONSE_CACHE_MB": "1g"})[:2], "cache_mb")
-    bad = {"LONGDOC_ADMIN_KEY": KEY, "LONGDOC_EXTRA_RESTRICTED_APIS": "x:admin-key=y"}
-    refused(*fake(bad)[:2], "comma-separated")
-
-
-def test_extra_arguments_pass_through_but_cannot_undo_the_lock_down(fake):
-    result, args, _ = fake({"LONGDOC_ADMIN_KEY": KEY}, ("--log-format=ISO8601",))
-    assert result.returncode == 0 and args[-1] == "--log-format=ISO8601"
-    for bad in (
-        "--model-control-mode=explicit",
-        "--model-control-mode",
-        "--load-model=x",
-        "--http-restricted-api=trace:k=v",
-        "--grpc-restricted-protocol=trace:k=v",
-        "--model-repository=/tmp",
-        "--model-store=/tmp",
-    ):
-        refused(*fake({"LONGDOC_ADMIN_KEY": KEY}, (bad,))[:2], "cannot be overridden")
-
-
-def test_refuses_a_missing_model_repository(fake):
-    env = {"LONGDOC_ADMIN_KEY": KEY, "LONGDOC_MODEL_REPOSITORY": "/nonexistent/models"}
-    refused(*fake(env)[:2], "does not exist")
+    with pytest.raises(ValueError, match="too short"):
+        check_admin_key(secret["stringData"]["admin-key"])
 
 
 # ---------------------------------------------------------------------------------------
@@ -406,7 +371,13 @@ def http(url: str, method: str = "GET", headers: dict | None = None) -> int:
         return 0  # not listening (yet)
 
 
-def test_real_triton_accepts_the_flags_and_enforces_the_lock_down(tmp_path):
+@pytest.mark.integration
+def test_real_triton_through_the_entrypoint_with_the_image_environment(tmp_path):
+    """The image's way: entrypoint -> longdoc serve (settings from the Dockerfile's ENV)
+    -> a `tritonserver` on PATH, as in the NGC image. Flags accepted by the real binary,
+    lock-down enforced, log on stdout without the key, key kept out of its environment."""
+    import psutil
+
     found = pytriton_server()
     if found is None:
         pytest.skip("no tritonserver binary (nvidia-pytriton not installed)")
@@ -424,25 +395,28 @@ def test_real_triton_accepts_the_flags_and_enforces_the_lock_down(tmp_path):
     (tmp_path / "models").mkdir()
     http_port, grpc_port, metrics_port = free_ports(3)
     env = {
-        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "PATH": f"{bin_dir}:{Path(sys.executable).parent}:/usr/bin:/bin",
         "HOME": str(tmp_path),
+        **image_env(),
         "LONGDOC_ADMIN_KEY": KEY,
         "LONGDOC_MODEL_REPOSITORY": str(tmp_path / "models"),
         "LONGDOC_HTTP_PORT": str(http_port),
         "LONGDOC_GRPC_PORT": str(grpc_port),
         "LONGDOC_METRICS_PORT": str(metrics_port),
         "LONGDOC_RESPONSE_CACHE_MB": "1",
-        "LONGDOC_EXIT_TIMEOUT_S": "5",
+        "LONGDOC_EXIT_TIMEOUT": "5",
     }
-    log = (tmp_path / "triton.log").open("w")
+    log_path = tmp_path / "container.log"
+    log = log_path.open("w")
     proc = subprocess.Popen(["bash", str(ENTRYPOINT)], env=env, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{http_port}"
     try:
         deadline = time.monotonic() + 60
-        while http(f"{base}/v2/health/ready") != 200:
-            assert proc.poll() is None, (tmp_path / "triton.log").read_text()
+        while "Ctrl-C or SIGTERM stops" not in log_path.read_text():
+            assert proc.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, "server not ready in 60 s"
             time.sleep(0.3)
+        assert http(f"{base}/v2/health/ready") == 200
         admin = {"admin-key": KEY}
         assert http(f"{base}/v2/health/live") == 200
         assert http(f"{base}/v2") == 200  # metadata stays open
@@ -465,7 +439,28 @@ def test_real_triton_accepts_the_flags_and_enforces_the_lock_down(tmp_path):
         # gRPC metadata key: Triton prefixes the configured header name.
         client.get_model_repository_index(headers={"triton-grpc-protocol-admin-key": KEY})
         client.close()
-        assert KEY not in (tmp_path / "triton.log").read_text()
+
+        (server,) = [
+            p for p in psutil.Process(proc.pid).children(recursive=True)
+            if p.name() == "tritonserver"
+        ]  # fmt: skip
+        cmdline = server.cmdline()
+        for flag in (
+            "--model-control-mode=none",
+            "--http-address=0.0.0.0",
+            "--grpc-address=0.0.0.0",
+            "--metrics-address=0.0.0.0",
+            "--grpc-infer-allocation-pool-size=0",
+            "--exit-timeout-secs=5",
+            f"--cache-config=local,size={1024 * 1024}",
+            f"--http-restricted-api={LOCKED_APIS}:admin-key={KEY}",
+            f"--grpc-restricted-protocol={LOCKED_APIS}:admin-key={KEY}",
+        ):
+            assert flag in cmdline, flag
+        assert KEY not in Path(f"/proc/{server.pid}/environ").read_text()
+        out = log_path.read_text()
+        assert "Started HTTPService" in out  # tritonserver's own log, on stdout
+        assert KEY not in out
     finally:
         proc.terminate()
         try:
@@ -474,6 +469,7 @@ def test_real_triton_accepts_the_flags_and_enforces_the_lock_down(tmp_path):
             proc.kill()
             proc.wait()
         log.close()
+    assert proc.returncode == 0, log_path.read_text()
 
 
 # ---------------------------------------------------------------------------------------
