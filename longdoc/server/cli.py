@@ -250,7 +250,7 @@ def options_from_args(args: argparse.Namespace):  # -> tuple[ServeOptions, Admin
     import tempfile
     from pathlib import Path
 
-    from longdoc.server.lockdown import admin_key_for_run
+    from longdoc.server.lockdown import admin_key_for_run, generate_admin_key
     from longdoc.server.options import LOG_TO_STDOUT, ServeOptions
 
     options = ServeOptions(
@@ -268,6 +268,7 @@ def options_from_args(args: argparse.Namespace):  # -> tuple[ServeOptions, Admin
         exit_timeout=args.exit_timeout,
     )
     options.check()
+    key = admin_key_for_run(args.admin_key_file, required=args.require_admin_key)
     if args.log == LOG_TO_STDOUT:
         log_file = None
     else:  # one log file for the whole run, restarts included: the key sits next to it
@@ -275,7 +276,7 @@ def options_from_args(args: argparse.Namespace):  # -> tuple[ServeOptions, Admin
         if log_file is None:
             log_file = Path(tempfile.mkdtemp(prefix="longdoc-serve-")) / "tritonserver.log"
         log_file.parent.mkdir(parents=True, exist_ok=True)
-    key = admin_key_for_run(args.admin_key_file, log_file, required=args.require_admin_key)
+    key = key or generate_admin_key(log_file)
     return dataclasses.replace(options, log_path=log_file or LOG_TO_STDOUT, admin_key=key), key
 
 

@@ -126,22 +126,17 @@ def generate_admin_key(next_to: str | os.PathLike[str] | None = None) -> AdminKe
 
 
 def admin_key_for_run(
-    key_file: str | os.PathLike[str] | None,
-    log_file: str | os.PathLike[str] | None,
-    *,
-    required: bool = False,
-) -> AdminKey:
-    """The key a whole `longdoc serve` run uses, restarts included: resolved, else generated
-    beside the log, unless `required` (no key: refuse rather than make one up)."""
+    key_file: str | os.PathLike[str] | None, *, required: bool = False
+) -> AdminKey | None:
+    """The key a whole `longdoc serve` run uses, restarts included, when one is given; None
+    means "generate one" (`generate_admin_key`), which `required` refuses instead."""
     key = resolve_admin_key(key_file)
-    if key is not None:
-        return key
-    if required:
+    if key is None and required:
         raise ValueError(
             f"no admin key: set ${ADMIN_KEY_ENV} or --admin-key-file (${ADMIN_KEY_FILE_ENV}, "
             "e.g. a mounted secret); a key is required here (--require-admin-key)"
         )
-    return generate_admin_key(log_file)
+    return key
 
 
 def _write_secret(path: Path, text: str) -> None:
