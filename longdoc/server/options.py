@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from longdoc.server.lockdown import AdminKey, check_triton_args, restricted_apis
@@ -40,7 +40,7 @@ class ServeOptions:
     grpc_port: int = 8001
     metrics_port: int | None = 8002
     log_path: str | os.PathLike[str] | None = None
-    admin_key: str | AdminKey | None = None
+    admin_key: str | AdminKey | None = field(default=None, repr=False)
     restrict: Sequence[str] = ()
     response_cache_mb: int = 0
     allocator: str = "auto"
