@@ -228,6 +228,7 @@ def test_stop_terminates_process(tmp_path: Path) -> None:
     with start_server(options) as handle:
         assert handle.admin_key_file is None  # a given key is never written anywhere
         assert list(tmp_path.iterdir()) == [tmp_path / "t.log"]
+        assert ODD_KEY not in repr(options) + repr(handle)  # nor shown in a traceback
         pid = handle.pid
         assert handle.is_alive()
         with httpclient.InferenceServerClient(handle.http_url) as client:
