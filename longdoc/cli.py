@@ -33,14 +33,25 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    unavailable = []
     for name in SUBCOMMAND_MODULES:
         try:
             module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a subcommand still being written
-            if exc.name != name:
-                raise
-            continue
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # a subcommand still being written
+                continue
+            if exc.name and exc.name.split(".")[0] != "longdoc":
+                # A dependency of another extra: `longdoc[client]` has no torch, no
+                # onnxruntime, no tokenizers, and `longdoc classify` must still work.
+                unavailable.append(f"{name} (needs {exc.name})")
+                continue
+            raise
         module.register(subparsers)
+    if unavailable:
+        parser.epilog = (
+            f"not available in this install: {', '.join(unavailable)}; "
+            "pip install 'longdoc[all]' adds them"
+        )
     return parser
 
 

@@ -23,8 +23,8 @@ CSV_FIELDS = (
     "kind", "concurrency", "rate", "stable", "seconds", "docs", "errors", "docs_per_s",
     "chunks_per_s", "tokens_per_s", "lat_mean_ms", "lat_p50_ms", "lat_p90_ms", "lat_p95_ms",
     "lat_p99_ms", "lat_max_ms", "server_cores", "other_cores", "encoder_avg_batch",
-    "encoder_queue_ms", "encoder_compute_ms", "encoder_busy", "chunker_queue_ms",
-    "chunker_compute_ms", "aggregator_queue_ms", "aggregator_compute_ms",
+    "encoder_busy",
+    *(f"{model}_{what}_ms" for model in COMPOSING for what in ("queue", "compute")),
 )  # fmt: skip
 
 
