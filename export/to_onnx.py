@@ -18,8 +18,14 @@ import onnx
 import torch
 
 from longdoc.checkpoint import LoadedModel
+from longdoc.contract import (
+    AGGREGATOR_INPUT,
+    AGGREGATOR_OUTPUTS,
+    CHUNK_LOGITS,
+    ENCODER_INPUTS,
+    ENCODER_OUTPUT,
+)
 from longdoc.heads import SingleDocumentAggregator
-from longdoc.runtime import AGGREGATOR_INPUT, AGGREGATOR_OUTPUTS, ENCODER_INPUTS, ENCODER_OUTPUT
 
 OPSET = 17
 
@@ -56,6 +62,6 @@ def export_aggregator(model: LoadedModel, path: Path) -> Path:
     _export(
         SingleDocumentAggregator(model.aggregator), (vectors,), path,
         input_names=[AGGREGATOR_INPUT], output_names=list(AGGREGATOR_OUTPUTS),
-        dynamic_axes={AGGREGATOR_INPUT: {0: "chunks"}, "CHUNK_LOGITS": {0: "chunks"}},
+        dynamic_axes={AGGREGATOR_INPUT: {0: "chunks"}, CHUNK_LOGITS: {0: "chunks"}},
     )  # fmt: skip
     return path

@@ -5,27 +5,13 @@ It is the ground truth of every parity check (export, served results, benchmarks
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
 import torch
 
 from longdoc.checkpoint import LoadedModel
 from longdoc.chunking import Chunks, chunk_text, load_tokenizer
+from longdoc.results import DocumentResult
 
-
-@dataclass
-class DocumentResult:
-    """One document's decision, with the per-chunk scores behind it."""
-
-    logits: np.ndarray  # [L]
-    probabilities: np.ndarray  # [L]
-    chunk_logits: np.ndarray  # [n_chunks, L]
-    spans: np.ndarray  # [n_chunks, 2]
-
-    @property
-    def num_chunks(self) -> int:
-        return int(self.chunk_logits.shape[0])
+__all__ = ["DocumentResult", "classify", "encode_chunks"]
 
 
 @torch.inference_mode()

@@ -7,6 +7,9 @@ in-process baseline (the ceiling for the server on the same files).
 Repository layout read here (written by `longdoc export`):
 ``chunker/1/{tokenizer.json,chunking.json}``, ``encoder/1/model.onnx``,
 ``aggregator/1/model.onnx``, ``labels.txt``.
+
+Torch-free by rule: the portable stubs import this module, and torch would cost each of
+them ~230 MB of resident memory (RELIABILITY.md); tests/test_export.py checks it.
 """
 
 from __future__ import annotations
@@ -19,13 +22,32 @@ import numpy as np
 import onnxruntime as ort
 
 from longdoc.chunking import ChunkingConfig, Chunks, chunk_text, load_tokenizer
-from longdoc.contract import (  # noqa: F401  (re-exported for the model.py files)
+from longdoc.contract import (
+    AGGREGATOR,
     AGGREGATOR_INPUT,
     AGGREGATOR_OUTPUTS,
-    ENCODER_INPUTS,
+    ATTENTION_MASK,
+    CHUNKER,
+    CHUNKING_FILE,
+    ENCODER,
     ENCODER_OUTPUT,
+    ENSEMBLE,
+    EXPORT_REPORT,
+    INPUT_IDS,
+    LABELS_FILE,
+    ONNX_FILE,
+    TOKENIZER_FILE,
 )
-from longdoc.reference import DocumentResult
+from longdoc.results import DocumentResult
+
+__all__ = [
+    "DocumentResult",
+    "OnnxPipeline",
+    "config_param",
+    "export_metadata",
+    "make_session",
+    "read_labels",
+]
 
 
 def config_param(model_config: dict, key: str, default: str) -> str:
@@ -57,11 +79,11 @@ class OnnxPipeline:
         self, repository: str | Path, threads: int | None = None, max_batch: int = 64
     ) -> None:
         repo = Path(repository)
-        self.tokenizer = load_tokenizer(repo / "chunker" / "1" / "tokenizer.json")
-        self.chunking = ChunkingConfig.load(repo / "chunker" / "1" / "chunking.json")
-        self.labels = read_labels(repo / "document_classifier" / "labels.txt")
-        self.encoder = make_session(repo / "encoder" / "1" / "model.onnx", threads)
-        self.aggregator = make_session(repo / "aggregator" / "1" / "model.onnx", threads)
+        self.tokenizer = load_tokenizer(repo / CHUNKER / "1" / TOKENIZER_FILE)
+        self.chunking = ChunkingConfig.load(repo / CHUNKER / "1" / CHUNKING_FILE)
+        self.labels = read_labels(repo / ENSEMBLE / LABELS_FILE)
+        self.encoder = make_session(repo / ENCODER / "1" / ONNX_FILE, threads)
+        self.aggregator = make_session(repo / AGGREGATOR / "1" / ONNX_FILE, threads)
         self.max_batch = max_batch
 
     def chunk(self, text: str) -> Chunks:
@@ -72,8 +94,8 @@ class OnnxPipeline:
         parts = []
         for i in range(0, len(input_ids), self.max_batch):
             feeds = {
-                "input_ids": input_ids[i : i + self.max_batch],
-                "attention_mask": attention_mask[i : i + self.max_batch],
+                INPUT_IDS: input_ids[i : i + self.max_batch],
+                ATTENTION_MASK: attention_mask[i : i + self.max_batch],
             }
             parts.append(self.encoder.run([ENCODER_OUTPUT], feeds)[0])
         return np.concatenate(parts).astype(np.float32, copy=False)
@@ -118,5 +140,5 @@ class OnnxPipeline:
 
 def export_metadata(repository: str | Path) -> dict:
     """The export report written next to the model files (precision, head, parity...)."""
-    path = Path(repository) / "export_report.json"
+    path = Path(repository) / EXPORT_REPORT
     return json.loads(path.read_text()) if path.is_file() else {}

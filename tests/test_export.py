@@ -193,3 +193,55 @@ def test_cli_refuses_a_max_batch_size_below_max_chunks(tmp_path):
     assert result.returncode == 1
     assert "--max-batch-size 8 is below max_chunks 16" in result.stderr
     assert not (tmp_path / "o" / "encoder" / "1" / "model.onnx").exists()  # refused up front
+
+
+STUB_PROBE = r"""
+import importlib.util, json, sys, types
+from pathlib import Path
+
+model_dir, name = Path(sys.argv[1]), sys.argv[2]
+# Triton provides this module inside the stub; any attribute is a placeholder class here
+utils = types.ModuleType("triton_python_backend_utils")
+utils.__getattr__ = lambda attr: type(attr, (), {})
+sys.modules["triton_python_backend_utils"] = utils
+spec = importlib.util.spec_from_file_location("model", model_dir / "1" / "model.py")
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+config = json.loads((model_dir / "config.json").read_text())
+module.TritonPythonModel().initialize({
+    "model_config": json.dumps(config), "model_repository": str(model_dir),
+    "model_version": "1",
+})
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))
+print(json.dumps({"heavy": heavy, "onnxruntime": "onnxruntime" in sys.modules}))
+"""
+
+
+def test_serving_stubs_never_import_torch_or_transformers(export_repo, tmp_path):
+    """Each portable stub, in a fresh interpreter: its model.py imported and initialized on
+    a real export (as Triton's stub does), then no torch/transformers in sys.modules. Torch
+    cost the aggregator stub ~230 MB of resident memory (RELIABILITY.md)."""
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    repo, _ = export_repo(preset="tiny")
+    stubs = {}
+    for path in sorted(repo.glob("*/config.pbtxt")):
+        cfg = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+        if cfg.backend == "python":
+            stubs[cfg.name] = cfg
+    assert {"chunker", "encoder", "aggregator"} <= set(stubs)
+    for name, cfg in stubs.items():
+        # the Python backend hands initialize() the config as JSON, parameters included
+        (repo / name / "config.json").write_text(
+            json_format.MessageToJson(cfg, preserving_proto_field_name=True)
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", STUB_PROBE, str(repo / name), name],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        probe = json.loads(proc.stdout.splitlines()[-1])
+        assert probe["heavy"] == [], (name, probe["heavy"][:10])
+        if name in ("encoder", "aggregator"):
+            assert probe["onnxruntime"], name  # the probe did load the session
