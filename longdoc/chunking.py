@@ -25,6 +25,10 @@ from tokenizers import Tokenizer
 from longdoc.contract import OVERFLOW_POLICIES, STRATEGIES  # noqa: E402
 
 DEFAULT_BUCKETS = (128, 256, 384, 512)
+# Version of the chunking.json layout. A reader refuses versions and keys it does not know:
+# an exporter and a server of different versions must not cut different windows silently.
+# A dict without "format" (files written before it existed, head.json) is version 1.
+CHUNKING_FORMAT = 1
 
 
 class ChunkingError(ValueError):
@@ -73,23 +77,39 @@ class ChunkingConfig:
             raise ValueError("max_bytes must be positive")
 
     def to_dict(self) -> dict:
-        data = asdict(self)
+        """The chunking.json content: ``format`` plus every field."""
+        data = {"format": CHUNKING_FORMAT, **asdict(self)}
         data["seq_buckets"] = list(self.seq_buckets)
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> ChunkingConfig:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        if "seq_buckets" in known:
-            known["seq_buckets"] = tuple(known["seq_buckets"])
-        return cls(**known)
+    def from_dict(cls, data: dict, source: str = "chunking") -> ChunkingConfig:
+        """The config ``data`` describes; a ``ValueError`` naming any key or format version
+        this version does not know (``source`` says where ``data`` came from)."""
+        fields = dict(data)
+        version = fields.pop("format", CHUNKING_FORMAT)
+        if version != CHUNKING_FORMAT:
+            raise ValueError(
+                f"{source}: format {version!r} is not one this longdoc reads (format "
+                f"{CHUNKING_FORMAT}): export and serve with the same longdoc version"
+            )
+        unknown = sorted(set(fields) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(
+                f"{source}: unknown key{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(map(repr, unknown))} (format {CHUNKING_FORMAT} knows "
+                f"{', '.join(cls.__dataclass_fields__)})"
+            )
+        if "seq_buckets" in fields:
+            fields["seq_buckets"] = tuple(fields["seq_buckets"])
+        return cls(**fields)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> ChunkingConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return cls.from_dict(json.loads(Path(path).read_text()), source=str(path))
 
 
 @dataclass

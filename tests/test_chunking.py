@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,6 +11,7 @@ from hypothesis import strategies as st
 
 from longdoc import corpus
 from longdoc.chunking import (
+    CHUNKING_FORMAT,
     ChunkingConfig,
     ChunkingError,
     chunk_text,
@@ -162,7 +165,26 @@ def test_buckets(tokenizer):
 def test_config_roundtrip(tmp_path):
     cfg = ChunkingConfig(max_length=256, overlap=32, max_chunks=9, overflow="head")
     cfg.save(tmp_path / "c.json")
+    assert json.loads((tmp_path / "c.json").read_text())["format"] == CHUNKING_FORMAT
     assert ChunkingConfig.load(tmp_path / "c.json") == cfg
+
+
+def test_config_refuses_unknown_keys_and_versions(tmp_path):
+    """Regression: unknown keys used to be dropped without a word, so an exporter and a
+    server of different versions could cut different windows."""
+    path = tmp_path / "chunking.json"
+    data = ChunkingConfig(max_chunks=9).to_dict()
+    path.write_text(json.dumps({**data, "stride": 256}))
+    with pytest.raises(ValueError, match=r"chunking.json: unknown key 'stride'"):
+        ChunkingConfig.load(path)
+    with pytest.raises(ValueError, match=r"unknown keys 'a', 'b'"):
+        ChunkingConfig.from_dict({**data, "b": 1, "a": 2})
+    path.write_text(json.dumps({**data, "format": 2}))
+    with pytest.raises(ValueError, match=r"chunking.json: format 2 is not one"):
+        ChunkingConfig.load(path)
+    # files written before the version existed (and head.json's "chunking") are format 1
+    legacy = {k: v for k, v in data.items() if k != "format"}
+    assert ChunkingConfig.from_dict(legacy) == ChunkingConfig(max_chunks=9)
 
 
 def test_balanced_strategy(tokenizer):
