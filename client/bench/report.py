@@ -88,7 +88,8 @@ def write_results(result: dict, out: Path) -> None:
         writer.writeheader()
         for row in csv_rows(result):
             writer.writerow(row)
-    plot(result, out / "latency_throughput.png")
+    if any(p["docs"] for p in result["points"]):  # a mixed-only run has no such curve
+        plot(result, out / "latency_throughput.png")
     (out / "summary.md").write_text(markdown_summary(result))
 
 
@@ -121,6 +122,8 @@ def markdown_summary(result: dict) -> str:
         "| server cores | other cores | stable |",
         "|---" * 17 + "|",
     ]
+    if not result["points"]:  # e.g. a mixed-workload run alone
+        lines = lines[:-3]
     for p in result["points"]:
         lat = p["latency_ms"]
         enc = p["server"].get(contract.ENCODER, {})
@@ -193,6 +196,8 @@ def markdown_summary(result: dict) -> str:
 def mixed_lines(points: list[dict]) -> list[str]:
     """The mixed workload: short documents' latency alone and with long ones in flight."""
     lines = [
+        "## Mixed workload",
+        "",
         "Short documents (open loop, same arrivals) alone and while long documents are in "
         "flight; mixed counts only short documents that arrived during a long one.",
         "",
