@@ -18,6 +18,9 @@ The export report, ``export_report.json`` at the repository root (``REPORT_FORMA
   ``response_cache``. Read these instead of parsing config.pbtxt;
 * ``encoder``, ``aggregator``: facts of the ONNX files (``export.graph.onnx_facts``:
   precision, params, bytes, initializer_dtypes, fused_ops, contrib_domains);
+* ``architecture``: the encoder's ``layers``, ``hidden``, ``ffn``, ``heads``, ``vocab``,
+  ``max_positions`` (from the checkpoint's config: what a FLOP count needs, without
+  reading the graph);
 * ``parity`` (absent with ``--skip-parity``): ``export.parity.ParityReport``; its
   ``precision`` is that of the graph checked and ``checked`` says which file that was;
 * ``seconds``: how long the export took.
@@ -89,6 +92,16 @@ def load(spec: ExportSpec) -> LoadedModel:
     return model
 
 
+def architecture(model: LoadedModel) -> dict:
+    """The encoder's sizes, from the Hugging Face config of the exported BERT."""
+    config = model.encoder.bert.config
+    return {
+        "layers": config.num_hidden_layers, "hidden": config.hidden_size,
+        "ffn": config.intermediate_size, "heads": config.num_attention_heads,
+        "vocab": config.vocab_size, "max_positions": config.max_position_embeddings,
+    }  # fmt: skip
+
+
 def run(spec: ExportSpec, log=print) -> dict:
     """Write the model repository at ``spec.output`` and return the export report."""
     started = time.perf_counter()
@@ -135,6 +148,7 @@ def run(spec: ExportSpec, log=print) -> dict:
         "serving": served.to_dict(),
         "encoder": encoder_facts,
         "aggregator": onnx_facts(aggregator_path),
+        "architecture": architecture(model),
     }
     if not spec.skip_parity:
         # The check runs the encoder file in the repository: label it with that file's

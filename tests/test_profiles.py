@@ -513,6 +513,9 @@ def test_report_serving_facts_match_the_configs(repos, variant):
     )
     assert serving["response_cache"] == parsed[repository.ENSEMBLE].response_cache.enable
     assert report["encoder"]["precision"] in ("fp32", "fp16", "int8")
+    # and the encoder's sizes, for FLOP counts (the tiny preset), without reading the graph
+    tiny = {"layers": 2, "hidden": 64, "ffn": 128, "heads": 4, "vocab": 30522, "max_positions": 512}
+    assert report["architecture"] == tiny
 
 
 def test_tensorrt_parity_is_labelled_with_the_graph_it_checked(repos):
