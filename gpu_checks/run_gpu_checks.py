@@ -177,6 +177,13 @@ def export_repo(out: Path, precision: str, preset: str | None, checkpoint: Path 
     return out, run(spec, log=lambda *_: None)
 
 
+def onnx_file(repo: Path, model: str | None = None) -> Path:
+    """The ONNX file of ``model`` (default: the encoder) in an exported repository."""
+    from longdoc import contract
+
+    return repo / (model or contract.ENCODER) / "1" / contract.ONNX_FILE
+
+
 def session(path: Path, provider: str, options: dict | None = None):
     import onnxruntime as ort
 
@@ -198,8 +205,10 @@ def run_batches(sess, ids, mask, batch: int):
 
     parts = []
     for i in range(0, len(ids), batch):
-        feeds = {"input_ids": ids[i : i + batch], "attention_mask": mask[i : i + batch]}
-        parts.append(sess.run(["chunk_vectors"], feeds)[0])
+        from longdoc.contract import ATTENTION_MASK, ENCODER_OUTPUT, INPUT_IDS
+
+        feeds = {INPUT_IDS: ids[i : i + batch], ATTENTION_MASK: mask[i : i + batch]}
+        parts.append(sess.run([ENCODER_OUTPUT], feeds)[0])
     return np.concatenate(parts).astype(np.float32)
 
 
@@ -218,6 +227,7 @@ def section_parity(args, work: Path) -> dict:
     need("numpy", *EXPORT_PACKAGES)
     import numpy as np
 
+    from longdoc import contract as c
     from longdoc import corpus
     from longdoc.chunking import ChunkingConfig, chunk_text, load_tokenizer
 
@@ -238,52 +248,50 @@ def section_parity(args, work: Path) -> dict:
     fp32, _ = export_repo(work / "parity-fp32", "fp32", preset, checkpoint)
     fp16, report16 = export_repo(work / "parity-fp16", "fp16", preset, checkpoint)
 
-    tok = load_tokenizer(fp32 / "chunker" / "1" / "tokenizer.json")
-    cfg = ChunkingConfig.load(fp32 / "chunker" / "1" / "chunking.json")
+    tok = load_tokenizer(fp32 / c.CHUNKER / "1" / c.TOKENIZER_FILE)
+    cfg = ChunkingConfig.load(fp32 / c.CHUNKER / "1" / c.CHUNKING_FILE)
     words = (25, 300, 1_000) if args.cpu_smoke else PARITY_WORDS
     docs = [chunk_text(t, tok, cfg) for t in corpus.documents(list(words), seed=11)]
-    aggregator = session(fp32 / "aggregator" / "1" / "model.onnx", "CPUExecutionProvider")
+    aggregator = session(onnx_file(fp32, c.AGGREGATOR), "CPUExecutionProvider")
 
     def logits_of(vectors_per_doc):
-        return [aggregator.run(["LOGITS"], {"chunk_vectors": v})[0] for v in vectors_per_doc]
+        return [aggregator.run([c.LOGITS], {c.AGGREGATOR_INPUT: v})[0] for v in vectors_per_doc]
 
     def encode(sess, batch=16):
         return [run_batches(sess, d.input_ids, d.attention_mask, batch) for d in docs]
 
-    ref_sess = session(fp32 / "encoder" / "1" / "model.onnx", "CPUExecutionProvider")
+    ref_sess = session(onnx_file(fp32), "CPUExecutionProvider")
     ref_vectors = encode(ref_sess)
     ref_logits = logits_of(ref_vectors)
 
     variants: dict[str, list] = {}
     notes = []
     if cuda_ep() and not args.cpu_smoke:
-        variants["ort-cuda-fp32"] = encode(
-            session(fp32 / "encoder" / "1" / "model.onnx", "CUDAExecutionProvider")
-        )
-        variants["ort-cuda-fp16"] = encode(
-            session(fp16 / "encoder" / "1" / "model.onnx", "CUDAExecutionProvider")
-        )
+        variants["ort-cuda-fp32"] = encode(session(onnx_file(fp32), "CUDAExecutionProvider"))
+        variants["ort-cuda-fp16"] = encode(session(onnx_file(fp16), "CUDAExecutionProvider"))
     elif torch_cuda() and not args.cpu_smoke:
         notes.append("onnxruntime has no CUDAExecutionProvider: PyTorch on CUDA instead")
         variants.update(torch_parity_variants(checkpoint, preset, docs))
     else:
         notes.append("no GPU path: FP16 graph on the CPU provider (casts around FP16 math)")
-        variants["ort-cpu-fp16"] = encode(
-            session(fp16 / "encoder" / "1" / "model.onnx", "CPUExecutionProvider")
-        )
+        variants["ort-cpu-fp16"] = encode(session(onnx_file(fp16), "CPUExecutionProvider"))
     want_trt = args.tensorrt == "on" or (args.tensorrt == "auto" and not args.cpu_smoke)
     if want_trt and trt_ep():
         plain, _ = export_repo(work / "parity-trt", "fp16", preset, checkpoint, tensorrt=True)
         lo, hi, mb = min(cfg.seq_buckets), cfg.max_length, 16
+
+        def dims(batch: int, seq: int) -> str:
+            return ",".join(f"{name}:{batch}x{seq}" for name in c.ENCODER_INPUTS)
+
         shapes = {
-            "trt_profile_min_shapes": f"input_ids:1x{lo},attention_mask:1x{lo}",
-            "trt_profile_opt_shapes": f"input_ids:{mb}x{hi},attention_mask:{mb}x{hi}",
-            "trt_profile_max_shapes": f"input_ids:{mb}x{hi},attention_mask:{mb}x{hi}",
+            "trt_profile_min_shapes": dims(1, lo),
+            "trt_profile_opt_shapes": dims(mb, hi),
+            "trt_profile_max_shapes": dims(mb, hi),
         }
         options = {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
                    "trt_engine_cache_path": str(work / "trt-cache"), **shapes}  # fmt: skip
         started = time.perf_counter()
-        trt = session(plain / "encoder" / "1" / "model.onnx", "TensorrtExecutionProvider", options)
+        trt = session(onnx_file(plain), "TensorrtExecutionProvider", options)
         variants["ort-tensorrt-fp16"] = encode(trt, batch=mb)
         notes.append(f"TensorRT engine build + run: {time.perf_counter() - started:.0f} s")
     elif want_trt:
@@ -393,11 +401,12 @@ def section_throughput(args, work: Path) -> dict:
         started = time.perf_counter()
         repo, _ = export_repo(work / f"throughput-{preset}", "fp16", preset, None)
         notes.append(f"export of {preset} FP16 graph: {time.perf_counter() - started:.0f} s")
-        sess = session(repo / "encoder" / "1" / "model.onnx", provider)
+        sess = session(onnx_file(repo), provider)
+        from longdoc.contract import ATTENTION_MASK, INPUT_IDS
 
         def ort_step(b: int):
-            feeds = {"input_ids": rng.integers(1000, 30000, size=(b, seq), dtype=np.int64)}
-            feeds["attention_mask"] = np.ones_like(feeds["input_ids"])
+            ids = rng.integers(1000, 30000, size=(b, seq), dtype=np.int64)
+            feeds = {INPUT_IDS: ids, ATTENTION_MASK: np.ones_like(ids)}
             return lambda: sess.run(None, feeds)
 
         sweep(f"ort-{'cpu' if args.cpu_smoke else 'cuda'}-fp16", ort_step)
