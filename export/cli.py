@@ -54,8 +54,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("chunking (must match how the model was fine-tuned)")
     g.add_argument("--max-length", type=int, help="window length in tokens (default 512)")
     g.add_argument("--overlap", type=int, help="tokens shared by neighbours (default 128)")
-    g.add_argument("--max-chunks", type=int, help="windows per document (default 64)")
-    g.add_argument("--overflow", choices=contract.OVERFLOW_POLICIES)
+    g.add_argument(
+        "--max-chunks",
+        type=int,
+        help="opt-in cap on the windows read per document, past it --overflow decides "
+        "(default 0: every window)",
+    )
+    g.add_argument(
+        "--overflow",
+        choices=contract.OVERFLOW_POLICIES,
+        help="past --max-chunks: error, head (first N) or head_tail (both ends)",
+    )
+    g.add_argument(
+        "--max-windows",
+        type=int,
+        help="safety limit on the windows one document may send (default 20000)",
+    )
     g.add_argument(
         "--strategy",
         choices=contract.STRATEGIES,
@@ -75,8 +89,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--max-batch-size",
         type=int,
-        help="encoder windows per batch, >= max-chunks (refused below it; default: "
-        "max(64, max-chunks))",
+        help="encoder windows per batch (default 64); documents of any length reach it in "
+        "slices of at most this many",
+    )
+    s.add_argument(
+        "--slice-windows",
+        type=int,
+        metavar="N",
+        help="dispatcher: windows per encoder request (default: per profile, at most "
+        "--max-batch-size)",
+    )
+    s.add_argument(
+        "--inflight-slices",
+        type=int,
+        metavar="N",
+        help="dispatcher: encoder requests outstanding per document (default: per profile)",
+    )
+    s.add_argument(
+        "--dispatcher-instances",
+        type=int,
+        metavar="N",
+        help="dispatcher: documents being encoded at once (default: per profile)",
     )
     s.add_argument(
         "--preferred-batch-sizes",
@@ -134,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
             "max_length": args.max_length, "overlap": args.overlap,
             "max_chunks": args.max_chunks, "overflow": args.overflow,
             "strategy": args.strategy, "max_bytes": args.max_bytes,
+            "max_windows": args.max_windows,
             "seq_buckets": tuple(args.seq_buckets) if args.seq_buckets else None,
         }.items()
         if value is not None
@@ -150,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
         ort_threads=args.ort_threads, ort_batch=args.ort_batch, tensorrt=args.tensorrt,
         response_cache=args.response_cache,
         max_queue_size=args.max_queue_size, queue_timeout_us=args.queue_timeout_us,
+        slice_windows=args.slice_windows, inflight_slices=args.inflight_slices,
+        dispatcher_instances=args.dispatcher_instances,
     )  # fmt: skip
     spec = ExportSpec(
         output=args.output, checkpoint=args.checkpoint, preset=args.preset, head=args.head,

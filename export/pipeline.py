@@ -82,13 +82,8 @@ def load(spec: ExportSpec) -> LoadedModel:
     if spec.chunking:
         merged = {**model.chunking.to_dict(), **spec.chunking}
         model.chunking = ChunkingConfig.from_dict(merged)
-    if model.head == "transformer":
-        positions = model.head_options.get("max_positions", 256)
-        if model.chunking.max_chunks > positions:
-            raise ValueError(
-                f"max_chunks {model.chunking.max_chunks} exceeds the transformer head's "
-                f"{positions} chunk positions"
-            )
+    # A transformer head reads documents longer than its max_positions in segments of
+    # max_positions windows (longdoc.heads.TransformerHead): no limit to check here.
     return model
 
 
@@ -109,13 +104,13 @@ def run(spec: ExportSpec, log=print) -> dict:
     out = Path(spec.output)
     serving = spec.serving
     serving.profile = spec.profile
-    # refuses a --max-batch-size below max_chunks before any slow step
+    # refuses bad serving options before any slow step
     planned = sizing.plan(serving, model.chunking)
     log(
         f"model: {model.source}, head {model.head}, {model.num_labels} labels, "
         f"hidden {model.hidden_size}; chunking {model.chunking.to_dict()}; encoder "
-        f"max_batch_size {planned.max_batch_size}"
-        + ("" if serving.max_batch_size else f" (max(64, max_chunks {model.chunking.max_chunks}))")
+        f"max_batch_size {planned.max_batch_size}, documents sent to it in slices of "
+        f"{planned.slice_windows} windows"
     )
     encoder_path = out / ENCODER / "1" / ONNX_FILE
     aggregator_path = out / AGGREGATOR / "1" / ONNX_FILE

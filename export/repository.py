@@ -36,6 +36,9 @@ from longdoc.contract import (
     CHUNKER_INPUT,
     CHUNKER_OUTPUTS,
     CHUNKING_FILE,
+    DISPATCHER,
+    DISPATCHER_INPUTS,
+    DISPATCHER_OUTPUT,
     DTYPES,
     ENCODER,
     ENCODER_INPUTS,
@@ -48,14 +51,18 @@ from longdoc.contract import (
     MODELS,
     NUM_CHUNKS,
     ONNX_FILE,
+    PARAM_ENCODER_MODEL,
+    PARAM_INFLIGHT_SLICES,
     PARAM_ONNX_FILE,
     PARAM_ORT_BATCH,
     PARAM_ORT_INTRA_OP_THREADS,
     PARAM_ORT_THREADS,
+    PARAM_SLICE_WINDOWS,
     PROBABILITIES,
     PROFILES,
     TEXT,
     TOKENIZER_FILE,
+    TOTAL_CHUNKS,
 )
 
 __all__ = ["ServingOptions", "Sizing", "build_configs", "write_chunker_files", "write_configs"]
@@ -132,7 +139,7 @@ def _backend(cfg: mc.ModelConfig, sizing: Sizing, threads: int) -> None:
 # ---------------------------------------------------------------------------------------
 
 CHUNKER_OUTPUT_DIMS = {INPUT_IDS: [-1, -1], ATTENTION_MASK: [-1, -1], CHUNK_SPANS: [-1, 2],
-                       NUM_CHUNKS: [1]}  # fmt: skip
+                       NUM_CHUNKS: [1], TOTAL_CHUNKS: [1]}  # fmt: skip
 
 
 def chunker_config(sizing: Sizing) -> mc.ModelConfig:
@@ -140,6 +147,18 @@ def chunker_config(sizing: Sizing) -> mc.ModelConfig:
     _inputs(cfg, [(CHUNKER_INPUT, [1])])
     _outputs(cfg, [(name, CHUNKER_OUTPUT_DIMS[name]) for name in CHUNKER_OUTPUTS])
     _instances(cfg, sizing.kinds[CHUNKER], sizing.instances[CHUNKER])
+    return cfg
+
+
+def dispatcher_config(sizing: Sizing, vector_size: int) -> mc.ModelConfig:
+    """A document's windows -> chunk vectors: the encoder reached through BLS in slices of
+    <= its max_batch_size, so no document is too long for it (README "Long documents")."""
+    cfg = mc.ModelConfig(name=DISPATCHER, backend="python", max_batch_size=0)
+    _inputs(cfg, [(name, [-1, -1]) for name in DISPATCHER_INPUTS])
+    _outputs(cfg, [(DISPATCHER_OUTPUT, [-1, vector_size])])
+    _params(cfg, {PARAM_ENCODER_MODEL: ENCODER, PARAM_SLICE_WINDOWS: sizing.slice_windows,
+                  PARAM_INFLIGHT_SLICES: sizing.inflight_slices})  # fmt: skip
+    _instances(cfg, sizing.kinds[DISPATCHER], sizing.instances[DISPATCHER])
     return cfg
 
 
@@ -209,7 +228,7 @@ def _internal(name: str) -> str:
     return "_" + name
 
 
-ENSEMBLE_OUTPUT_DIMS = {NUM_CHUNKS: [1], CHUNK_SPANS: [-1, 2]}
+ENSEMBLE_OUTPUT_DIMS = {NUM_CHUNKS: [1], CHUNK_SPANS: [-1, 2], TOTAL_CHUNKS: [1]}
 
 
 def ensemble_config(sizing: Sizing, num_labels: int) -> mc.ModelConfig:
@@ -230,10 +249,11 @@ def ensemble_config(sizing: Sizing, num_labels: int) -> mc.ModelConfig:
     chunker.input_map[CHUNKER_INPUT] = TEXT
     for name in CHUNKER_OUTPUTS:
         chunker.output_map[name] = name_of(name)
-    encoder = steps.add(model_name=ENCODER, model_version=-1)
-    for name in ENCODER_INPUTS:
-        encoder.input_map[name] = name_of(name)
-    encoder.output_map[ENCODER_OUTPUT] = _internal(CHUNK_VECTORS)
+    # the encoder is no step of its own: the dispatcher calls it (BLS), in slices
+    dispatcher = steps.add(model_name=DISPATCHER, model_version=-1)
+    for name in DISPATCHER_INPUTS:
+        dispatcher.input_map[name] = name_of(name)
+    dispatcher.output_map[DISPATCHER_OUTPUT] = _internal(CHUNK_VECTORS)
     aggregator = steps.add(model_name=AGGREGATOR, model_version=-1)
     aggregator.input_map[AGGREGATOR_INPUT] = _internal(CHUNK_VECTORS)
     for name in AGGREGATOR_OUTPUTS:
@@ -279,13 +299,14 @@ def build_configs(
     opts: ServingOptions, vector_size: int, num_labels: int, chunking: ChunkingConfig,
     aggregator_facts: dict | None = None,
 ) -> tuple[Sizing, dict[str, mc.ModelConfig]]:  # fmt: skip
-    """The sizing and the four config messages, by model name."""
+    """The sizing and the five config messages, by model name."""
     if opts.profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES} (got {opts.profile!r})")
     opts = opts.resolved()
     sizing = plan(opts, chunking, aggregator_facts)
     return sizing, {
         CHUNKER: chunker_config(sizing),
+        DISPATCHER: dispatcher_config(sizing, vector_size),
         ENCODER: encoder_config(sizing, opts, vector_size),
         AGGREGATOR: aggregator_config(sizing, vector_size, num_labels),
         ENSEMBLE: ensemble_config(sizing, num_labels),
@@ -295,7 +316,7 @@ def build_configs(
 def write_configs(
     repo: Path, opts: ServingOptions, vector_size: int, labels: list[str], chunking: ChunkingConfig
 ) -> Sizing:
-    """All four config.pbtxt files and the Python-backend sources the profile needs; returns
+    """All five config.pbtxt files and the Python-backend sources the profile needs; returns
     the sizing they were built from (the export report's ``serving``).
 
     Reads the encoder/aggregator ONNX files when they are already in place (precision,

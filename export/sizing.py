@@ -14,7 +14,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 
 from longdoc.chunking import ChunkingConfig
-from longdoc.contract import AGGREGATOR, CHUNKER, ENCODER, PROFILE_BACKENDS, PROFILES
+from longdoc.contract import AGGREGATOR, CHUNKER, DISPATCHER, ENCODER, PROFILE_BACKENDS, PROFILES
 
 # --- measured or assumed rates (docs/GPU.md "The arithmetic", "Chunker instances") ----
 # 2-core AMD EPYC dev machine (gpu_checks/results/): tokenizer + windowing ~0.5 ms of one
@@ -32,7 +32,9 @@ CHUNKER_HEADROOM = 3
 # a transformer head over 1024-d vectors (16.8M) costs 1.75-12.9 ms per document on a core.
 AGGREGATOR_GPU_MIN_PARAMS = 4_000_000
 TRT_CACHE_PATH = "/tmp/longdoc_trt_cache"
-# The encoder's max_batch_size when none is asked for: max(this, max_chunks).
+# The encoder's max_batch_size when none is asked for. Documents of any length fit: the
+# dispatcher sends a document's windows in slices of at most this many (README "Long
+# documents").
 DEFAULT_MAX_BATCH_SIZE = 64
 
 
@@ -43,21 +45,35 @@ def chunker_instances_for(chunks_per_s: float, ms_per_chunk: float = TOKENIZER_M
     return max(1, math.ceil(headroom * chunks_per_s * ms_per_chunk / 1000))
 
 
+# How the dispatcher feeds the encoder (README "Long documents", BENCHMARKS.md "Mixed
+# workload"). A short document waits behind at most slice_windows x inflight_slices windows
+# of a long one (the encoder queue is FIFO; a BLS request has no priority in Triton 2.51).
+# CPU: a MiniLM window costs ~120 ms on 2 cores and one onnxruntime call per window is the
+# fastest anyway, so small slices cost nothing in throughput and keep short documents fair.
+# GPU: 2 x 32 windows keep both encoder instances on batches of 32 (the preferred size)
+# while a short document waits behind at most one such batch (~20 ms of bert-large).
+# dispatcher_instances: documents in flight at once (each holds an instance until read).
+CPU_DISPATCH = dict(dispatcher_instances=4, slice_windows=2, inflight_slices=1)
+GPU_DISPATCH = dict(dispatcher_instances=8, slice_windows=32, inflight_slices=2)
+
 # Defaults per profile for the ServingOptions fields left at None. portable/cpu: measured
 # on 2-core CPU machines (BENCHMARKS.md); gpu: bert-large at 512 tokens on one H100/H200.
 PROFILE_DEFAULTS: dict[str, dict] = {
     "portable": dict(
         preferred_batch_sizes=(8, 16, 32), queue_delay_us=2000, chunker_instances=2,
         encoder_instances=1, aggregator_instances=1, ort_batch=1,
+        **CPU_DISPATCH,
     ),
     "cpu": dict(
         preferred_batch_sizes=(8, 16, 32), queue_delay_us=2000, chunker_instances=2,
         encoder_instances=1, aggregator_instances=1, ort_batch=0,
+        **CPU_DISPATCH,
     ),
     "gpu": dict(
         preferred_batch_sizes=(32, 64), queue_delay_us=2000,
         chunker_instances=chunker_instances_for(GPU_CEILING_CHUNKS_PER_S),  # 4
         encoder_instances=2, aggregator_instances=1, ort_batch=0,
+        **GPU_DISPATCH,
     ),
 }  # fmt: skip
 
@@ -67,9 +83,12 @@ class ServingOptions:
     """What the configs need beyond the model files; ``None`` takes the profile default."""
 
     profile: str = "portable"
-    # encoder: must be >= max_chunks (Triton refuses a request larger than it); None:
-    # max(DEFAULT_MAX_BATCH_SIZE, max_chunks). A smaller explicit value is refused.
+    # encoder windows per Triton batch (None: DEFAULT_MAX_BATCH_SIZE); no relation to the
+    # document length: the dispatcher slices a document's windows to fit
     max_batch_size: int | None = None
+    dispatcher_instances: int | None = None
+    slice_windows: int | None = None  # windows per encoder request (capped at max_batch_size)
+    inflight_slices: int | None = None  # encoder requests outstanding per document
     preferred_batch_sizes: tuple[int, ...] | None = None
     queue_delay_us: int | None = None
     chunker_instances: int | None = None
@@ -86,7 +105,8 @@ class ServingOptions:
     trt_cache_path: str = TRT_CACHE_PATH  # must be writable by the server (not /models)
     trt_workspace_bytes: int = 4 << 30
     # Encoder queue policy (RELIABILITY.md): over capacity, refuse fast (UNAVAILABLE)
-    # instead of queueing forever. Counted in documents; 0 = no limit (Triton's default).
+    # instead of queueing forever. Counted in encoder requests: at most inflight_slices per
+    # document being read (the dispatcher's pacing); 0 = no limit (Triton's default).
     max_queue_size: int = 0
     queue_timeout_us: int = 0
     extra: dict = field(default_factory=dict)
@@ -103,7 +123,8 @@ class ServingOptions:
             raise ValueError(f"aggregator_kind must be cpu or gpu (got {out.aggregator_kind!r})")
         if out.tensorrt and out.profile != "gpu":
             raise ValueError("the TensorRT accelerator needs the gpu profile")
-        for name in ("chunker_instances", "encoder_instances", "aggregator_instances"):
+        for name in ("chunker_instances", "encoder_instances", "aggregator_instances",
+                     "dispatcher_instances", "slice_windows", "inflight_slices"):  # fmt: skip
             if getattr(out, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(out, name)})")
         if out.ort_batch < 0:
@@ -123,21 +144,23 @@ class Sizing:
 
     profile: str
     backend: str  # of encoder and aggregator: "python" (portable) or "onnxruntime"
-    max_chunks: int  # windows per document the chunker admits
+    max_chunks: int  # opt-in cap on the windows read per document (0: all of them)
     seq_buckets: tuple[int, ...]  # lengths the chunker pads windows to
-    max_batch_size: int  # encoder windows per Triton batch (>= max_chunks)
+    max_batch_size: int  # encoder windows per Triton batch
     preferred_batch_sizes: tuple[int, ...]  # those <= max_batch_size
     queue_delay_us: int
     max_queue_size: int  # encoder queue: documents beyond it refused (0: no limit)
     queue_timeout_us: int  # encoder queue: refused after this long queued (0: no limit)
-    instances: dict[str, int]  # chunker/encoder/aggregator instance counts (per GPU: KIND_GPU)
-    kinds: dict[str, str]  # chunker/encoder/aggregator: "cpu" | "gpu"
+    instances: dict[str, int]  # per model instance counts (per GPU: KIND_GPU)
+    kinds: dict[str, str]  # per model: "cpu" | "gpu"
     ort_threads: dict[str, int]  # encoder/aggregator onnxruntime intra-op threads (0: all)
     ort_batch: int  # portable encoder: windows per onnxruntime call (0: the whole batch)
     tensorrt: bool
     trt_shapes: dict[str, list[int]] | None  # "min"/"opt"/"max" -> [batch, seq]
     warmup: list[list[int]]  # encoder warm-up requests, [seq, batch] each
     response_cache: bool  # on the ensemble
+    slice_windows: int = DEFAULT_MAX_BATCH_SIZE  # dispatcher: windows per encoder request
+    inflight_slices: int = 1  # dispatcher: encoder requests outstanding per document
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -156,20 +179,11 @@ def aggregator_kind(opts: ServingOptions, facts: dict | None) -> str:
     return "gpu" if heavy else "cpu"
 
 
-def encoder_max_batch_size(opts: ServingOptions, max_chunks: int) -> int:
-    """The encoder's ``max_batch_size``: asked for, or max(64, max_chunks); never below
-    ``max_chunks``, because a document's windows arrive as one request and Triton refuses a
-    request larger than ``max_batch_size`` ("batch-size must be <= M")."""
-    if opts.max_batch_size is None:
-        return max(DEFAULT_MAX_BATCH_SIZE, max_chunks)
-    if opts.max_batch_size < max_chunks:
-        raise ValueError(
-            f"--max-batch-size {opts.max_batch_size} is below max_chunks {max_chunks}: a "
-            f"document of {max_chunks} windows would fail inside Triton; ask for "
-            f"--max-batch-size >= {max_chunks}, or lower --max-chunks (or leave "
-            "--max-batch-size out: it follows max_chunks)"
-        )
-    return opts.max_batch_size
+def encoder_max_batch_size(opts: ServingOptions) -> int:
+    """The encoder's ``max_batch_size``: asked for, or 64. Any document length fits it: the
+    dispatcher never sends more than ``min(slice_windows, max_batch_size)`` windows in one
+    request (Triton refuses a larger one: "batch-size must be <= M")."""
+    return DEFAULT_MAX_BATCH_SIZE if opts.max_batch_size is None else opts.max_batch_size
 
 
 def plan(
@@ -178,7 +192,7 @@ def plan(
     """The numbers for ``opts`` and ``chunking`` (``aggregator_facts``: the aggregator's ONNX
     facts, which decide where a gpu profile's aggregator runs)."""
     opts = opts.resolved()
-    mb = encoder_max_batch_size(opts, chunking.max_chunks)
+    mb = encoder_max_batch_size(opts)
     preferred = tuple(b for b in opts.preferred_batch_sizes if b <= mb)
     gpu = opts.profile == "gpu"
     agg_kind = aggregator_kind(opts, aggregator_facts)
@@ -212,14 +226,22 @@ def plan(
         queue_timeout_us=opts.queue_timeout_us,
         instances={
             CHUNKER: opts.chunker_instances,
+            DISPATCHER: opts.dispatcher_instances,
             ENCODER: opts.encoder_instances,
             AGGREGATOR: opts.aggregator_instances,
         },  # fmt: skip
-        kinds={CHUNKER: "cpu", ENCODER: "gpu" if gpu else "cpu", AGGREGATOR: agg_kind},
+        kinds={
+            CHUNKER: "cpu",
+            DISPATCHER: "cpu",
+            ENCODER: "gpu" if gpu else "cpu",
+            AGGREGATOR: agg_kind,
+        },
         ort_threads={ENCODER: opts.ort_threads, AGGREGATOR: agg_threads},
         ort_batch=opts.ort_batch,
         tensorrt=opts.tensorrt,
         trt_shapes=trt_shapes,
         warmup=warmup,
         response_cache=opts.response_cache,
+        slice_windows=min(opts.slice_windows, mb),
+        inflight_slices=opts.inflight_slices,
     )

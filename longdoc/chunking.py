@@ -41,11 +41,16 @@ class ChunkingConfig:
 
     max_length: int = 512
     overlap: int = 128
-    max_chunks: int = 64
+    # Opt-in cap on the windows read per document (0: every window, the default); past it
+    # the overflow policy decides: refuse (error), keep the first (head) or both ends.
+    max_chunks: int = 0
     overflow: str = "error"
     strategy: str = "fixed"
     seq_buckets: tuple[int, ...] = field(default=DEFAULT_BUCKETS)
     max_bytes: int = 4_000_000
+    # Safety limit on the windows one document may send to the encoder (after max_chunks):
+    # large by default. 4 MB of text is at most ~4M tokens (~10,500 windows of 512).
+    max_windows: int = 20_000
 
     def __post_init__(self) -> None:
         buckets = tuple(sorted({int(b) for b in self.seq_buckets if int(b) <= self.max_length}))
@@ -67,8 +72,10 @@ class ChunkingConfig:
                 f"overlap must be in [0, max_length - 2) = [0, {self.body_length}) "
                 f"(got {self.overlap}): windows would not advance"
             )
-        if self.max_chunks < 1:
-            raise ValueError(f"max_chunks must be >= 1 (got {self.max_chunks})")
+        if self.max_chunks < 0:
+            raise ValueError(f"max_chunks must be >= 0, 0 for no cap (got {self.max_chunks})")
+        if self.max_windows < 1:
+            raise ValueError(f"max_windows must be >= 1 (got {self.max_windows})")
         if self.overflow not in OVERFLOW_POLICIES:
             raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES} (got {self.overflow!r})")
         if self.strategy not in STRATEGIES:
@@ -121,6 +128,7 @@ class Chunks:
     spans: np.ndarray  # int64 [n_chunks, 2], character offsets of each window's body
     num_tokens: int  # document tokens (before windowing, without special tokens)
     truncated: bool  # the overflow policy dropped windows
+    total_chunks: int = 0  # windows the whole document has (before max_chunks)
 
     @property
     def num_chunks(self) -> int:
@@ -179,7 +187,7 @@ def window_ranges(
 
 def select_windows(count: int, cfg: ChunkingConfig) -> list[int]:
     """Indices of the windows to keep under ``max_chunks`` and the overflow policy."""
-    if count <= cfg.max_chunks:
+    if not cfg.max_chunks or count <= cfg.max_chunks:
         return list(range(count))
     if cfg.overflow == "error":
         raise ChunkingError(
@@ -207,6 +215,11 @@ def plan_windows(num_tokens: int, cfg: ChunkingConfig) -> tuple[list[tuple[int, 
     and the number of windows before truncation. No tokenizer: what-if planning uses it."""
     all_ranges = window_ranges(num_tokens, cfg.body_length, cfg.overlap, cfg.strategy)
     ranges = [all_ranges[i] for i in select_windows(len(all_ranges), cfg)]
+    if len(ranges) > cfg.max_windows:
+        raise ChunkingError(
+            f"document has {len(all_ranges)} windows ({num_tokens} tokens), over the "
+            f"max_windows safety limit of {cfg.max_windows}"
+        )
     seq_len = pick_bucket(max(end - start for start, end in ranges) + 2, cfg.seq_buckets)
     return ranges, seq_len, len(all_ranges)
 
@@ -247,4 +260,6 @@ def chunk_text(text: str, tokenizer: Tokenizer, cfg: ChunkingConfig) -> Chunks:
         input_ids[row, 1 + width] = sep_id
         attention_mask[row, : width + 2] = 1
         spans[row] = (offsets[start, 0], offsets[end - 1, 1])
-    return Chunks(input_ids, attention_mask, spans, int(ids.size), truncated=n < total)
+    return Chunks(
+        input_ids, attention_mask, spans, int(ids.size), truncated=n < total, total_chunks=total
+    )

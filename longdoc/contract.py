@@ -11,9 +11,12 @@ from __future__ import annotations
 # --- models in the repository -------------------------------------------------------
 ENSEMBLE = "document_classifier"
 CHUNKER = "chunker"
+# Sends a document's windows to the encoder in slices of <= its max_batch_size (BLS): the
+# ensemble's second step, so a document of any length is read whole (README "Long documents").
+DISPATCHER = "dispatcher"
 ENCODER = "encoder"
 AGGREGATOR = "aggregator"
-MODELS = (CHUNKER, ENCODER, AGGREGATOR)
+MODELS = (CHUNKER, DISPATCHER, ENCODER, AGGREGATOR)
 LABELS_FILE = "labels.txt"
 CHUNKING_FILE = "chunking.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -27,7 +30,10 @@ PROBABILITIES = "PROBABILITIES"
 NUM_CHUNKS = "NUM_CHUNKS"
 CHUNK_LOGITS = "CHUNK_LOGITS"
 CHUNK_SPANS = "CHUNK_SPANS"
-ENSEMBLE_OUTPUTS = (LOGITS, PROBABILITIES, NUM_CHUNKS, CHUNK_LOGITS, CHUNK_SPANS)
+# Windows the whole document has; NUM_CHUNKS is how many were read (fewer only under an
+# opt-in --max-chunks cap with the head/head_tail overflow policy).
+TOTAL_CHUNKS = "TOTAL_CHUNKS"
+ENSEMBLE_OUTPUTS = (LOGITS, PROBABILITIES, NUM_CHUNKS, CHUNK_LOGITS, CHUNK_SPANS, TOTAL_CHUNKS)
 
 # --- between the steps ----------------------------------------------------------------
 INPUT_IDS = "input_ids"
@@ -38,13 +44,18 @@ ENCODER_OUTPUT = CHUNK_VECTORS
 AGGREGATOR_INPUT = CHUNK_VECTORS
 AGGREGATOR_OUTPUTS = (LOGITS, PROBABILITIES, CHUNK_LOGITS)
 CHUNKER_INPUT = TEXT
-CHUNKER_OUTPUTS = (INPUT_IDS, ATTENTION_MASK, CHUNK_SPANS, NUM_CHUNKS)
+CHUNKER_OUTPUTS = (INPUT_IDS, ATTENTION_MASK, CHUNK_SPANS, NUM_CHUNKS, TOTAL_CHUNKS)
+DISPATCHER_INPUTS = ENCODER_INPUTS
+DISPATCHER_OUTPUT = CHUNK_VECTORS
 
 # Per-model parameters the exporter writes into config.pbtxt and the Python-backend
 # models read (``longdoc.runtime.config_param``).
 PARAM_ONNX_FILE = "onnx_file"
 PARAM_ORT_THREADS = "ort_threads"  # portable models: onnxruntime intra-op threads (0: all)
 PARAM_ORT_BATCH = "ort_batch"  # portable encoder: windows per onnxruntime call (0: all)
+PARAM_ENCODER_MODEL = "encoder_model"  # dispatcher: the model it sends windows to
+PARAM_SLICE_WINDOWS = "slice_windows"  # dispatcher: windows per encoder request
+PARAM_INFLIGHT_SLICES = "inflight_slices"  # dispatcher: encoder requests out per document
 # Triton's onnxruntime backend's own key for intra-op threads (cpu/gpu profiles).
 PARAM_ORT_INTRA_OP_THREADS = "intra_op_thread_count"
 
@@ -57,6 +68,7 @@ DTYPES = {
     LOGITS: "TYPE_FP32",
     PROBABILITIES: "TYPE_FP32",
     NUM_CHUNKS: "TYPE_INT32",
+    TOTAL_CHUNKS: "TYPE_INT32",
     CHUNK_LOGITS: "TYPE_FP32",
     CHUNK_SPANS: "TYPE_INT64",
 }

@@ -29,7 +29,7 @@ from longdoc import corpus
 from longdoc.chunking import ChunkingConfig, chunk_text, load_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = ("chunker", "encoder", "aggregator", repository.ENSEMBLE)
+MODELS = ("chunker", "dispatcher", "encoder", "aggregator", repository.ENSEMBLE)
 NUM_LABELS = 3
 # profile id -> (profile, precision, tensorrt, response_cache, parity)
 VARIANTS = {
@@ -531,10 +531,29 @@ def test_tensorrt_parity_is_labelled_with_the_graph_it_checked(repos):
     assert gpu["precision"] == "fp16" and "fp16 graph" in gpu["checked"]
 
 
-def test_max_batch_size_follows_max_chunks_and_refuses_to_be_smaller():
-    chunking = ChunkingConfig(max_chunks=100)
-    assert sizing.plan(ServingOptions(), chunking).max_batch_size == 100  # max(64, 100)
-    assert sizing.plan(ServingOptions(), ChunkingConfig(max_chunks=16)).max_batch_size == 64
-    assert sizing.plan(ServingOptions(max_batch_size=128), chunking).max_batch_size == 128
-    with pytest.raises(ValueError, match=r"--max-batch-size 64 is below max_chunks 100"):
-        sizing.plan(ServingOptions(max_batch_size=64), chunking)
+def test_max_batch_size_is_free_of_document_length_and_slices_fit_it():
+    """Documents of any length: the dispatcher sends at most max_batch_size windows per
+    encoder request, so the encoder's batch size no longer follows max_chunks."""
+    for chunking in (ChunkingConfig(), ChunkingConfig(max_chunks=100, overflow="head")):
+        assert sizing.plan(ServingOptions(), chunking).max_batch_size == 64
+    small = sizing.plan(ServingOptions(profile="gpu", max_batch_size=8), ChunkingConfig())
+    assert (small.max_batch_size, small.slice_windows) == (8, 8)  # capped at max_batch_size
+    assert sizing.plan(ServingOptions(slice_windows=5), ChunkingConfig()).slice_windows == 5
+    with pytest.raises(ValueError, match="slice_windows must be >= 1"):
+        sizing.plan(ServingOptions(slice_windows=0), ChunkingConfig())
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_dispatcher_reaches_the_encoder_in_slices_that_fit(repos, variant):
+    repo, report = repos[variant]
+    parsed = configs(repo)
+    dispatcher, encoder = parsed["dispatcher"], parsed["encoder"]
+    params = {k: v.string_value for k, v in dispatcher.parameters.items()}
+    assert dispatcher.backend == "python" and dispatcher.max_batch_size == 0
+    assert params["encoder_model"] == encoder.name
+    assert 1 <= int(params["slice_windows"]) <= encoder.max_batch_size
+    assert int(params["inflight_slices"]) >= 1
+    assert report["serving"]["slice_windows"] == int(params["slice_windows"])
+    steps = [s.model_name for s in parsed[repository.ENSEMBLE].ensemble_scheduling.step]
+    assert steps == ["chunker", "dispatcher", "aggregator"]  # the encoder is reached by BLS
+    assert (repo / "dispatcher" / "1" / "model.py").is_file()

@@ -1,8 +1,12 @@
 """Triton Python backend: UTF-8 text -> BERT windows, via the one chunking module.
 
 Reads `tokenizer.json` and `chunking.json` from its own version directory (written by
-`longdoc export`). Each bad request (empty, invalid UTF-8, over the byte limit, over
-max_chunks) gets its own INVALID_ARG error; the others in the same batch still succeed.
+`longdoc export`). Every window of a document by default (the dispatcher step sends them to
+the encoder in slices); NUM_CHUNKS says how many were read and TOTAL_CHUNKS how many the
+document has (fewer read only under an opt-in max_chunks cap). Each bad request (empty,
+invalid UTF-8, over the byte limit, over an opt-in max_chunks cap under the error policy,
+over the max_windows safety limit) gets its own INVALID_ARG error; the others in the same
+batch still succeed.
 """
 
 import ctypes
@@ -21,6 +25,7 @@ from longdoc.contract import (
     INPUT_IDS,
     NUM_CHUNKS,
     TOKENIZER_FILE,
+    TOTAL_CHUNKS,
 )
 
 
@@ -45,6 +50,7 @@ class TritonPythonModel:
                 pb_utils.Tensor(ATTENTION_MASK, chunks.attention_mask),
                 pb_utils.Tensor(CHUNK_SPANS, chunks.spans),
                 pb_utils.Tensor(NUM_CHUNKS, np.array([chunks.num_chunks], dtype=np.int32)),
+                pb_utils.Tensor(TOTAL_CHUNKS, np.array([chunks.total_chunks], dtype=np.int32)),
             ]
         )
 
