@@ -454,6 +454,13 @@ class EndToEndModel:
         self.aggregator.train(mode)
 
 
+def _pad_to(a: np.ndarray, width: int) -> np.ndarray:
+    """Right-pad ``[n, s]`` with zeros to ``[n, width]`` (masked positions: any id works)."""
+    if a.shape[1] >= width:
+        return a
+    return np.pad(a, ((0, 0), (0, width - a.shape[1])))
+
+
 def _trim(ids: np.ndarray, mask: np.ndarray):
     width = int(mask.sum(axis=1).max())
     return ids[:, :width], mask[:, :width]
@@ -465,8 +472,9 @@ def _forward_documents(model: EndToEndModel, docs: list[tuple[np.ndarray, np.nda
     most ``micro`` windows (padding trimmed), then the aggregator over each document."""
     import torch
 
-    ids = np.concatenate([d[0] for d in docs])
-    mask = np.concatenate([d[1] for d in docs])
+    width = max(int(d[1].sum(axis=1).max()) for d in docs)
+    ids = np.concatenate([_pad_to(d[0][:, :width], width) for d in docs])
+    mask = np.concatenate([_pad_to(d[1][:, :width], width) for d in docs])
     parts = []
     for i in range(0, len(ids), micro):
         a, m = _trim(ids[i : i + micro], mask[i : i + micro])

@@ -1,0 +1,167 @@
+"""The kernel-docs corpus builder on a miniature package, the readers, and bad data."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from longdoc import data
+from longdoc.data import DataError
+
+FIXTURE = Path(__file__).parent / "fixtures" / "kernel_docs" / "Documentation"
+
+
+@pytest.fixture(scope="module")
+def deb(tmp_path_factory) -> Path:
+    """A real .deb in the layout of linux-doc-6.1, built from the fixture tree."""
+    if not shutil.which("dpkg-deb"):
+        pytest.skip("dpkg-deb is not installed")
+    root = tmp_path_factory.mktemp("pkg") / "linux-doc-6.1_0.0-1_all"
+    docs = root / "usr" / "share" / "doc" / "linux-doc-6.1" / "Documentation"
+    for src in sorted(FIXTURE.rglob("*.rst")):
+        target = docs / (str(src.relative_to(FIXTURE)) + ".gz")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(gzip.compress(src.read_bytes(), mtime=0))
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text(
+        "Package: linux-doc-6.1\nVersion: 0.0-1\nArchitecture: all\n"
+        "Maintainer: tests <tests@example.invalid>\nDescription: fixture\n"
+    )
+    out = root.with_suffix(".deb")
+    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(root), str(out)],
+                   check=True, capture_output=True)  # fmt: skip
+    return out
+
+
+def test_corpus_builder_labels_cleans_dedups_and_splits(deb, tmp_path):
+    manifest = data.build_kernel_docs(tmp_path / "corpus", deb, min_docs=3)
+    assert manifest["labels"] == {"hwmon": 4, "networking": 4, "sound": 4}
+    dropped = manifest["dropped"]
+    assert dropped["duplicate"] == 1 and dropped["index_page"] == 1
+    assert dropped["folder_devicetree"] == 1 and dropped["folder_translations"] == 1
+    assert dropped["top_level_page"] == 1 and dropped["small_label_docs"] == 1
+    texts = {}
+    for split in data.SPLITS:
+        folder = tmp_path / "corpus" / split
+        if folder.is_dir():
+            for e in data.read_folder(folder):
+                texts[e.id] = e.text
+                assert data.split_of(_original_path(e.id)) == split
+    assert sum(manifest["splits"].values()) == len(texts) == 12
+    joined = "\n".join(texts.values())
+    for leak in ("SPDX", "Documentation/", ":doc:", ":ref:", ".. _it87_notes", "hwmon_sysfs"):
+        assert leak not in joined
+    assert "the sysfs interface" in joined  # a role's title stays, its target goes
+    # deterministic: the same package gives the same manifest checksum and files
+    again = data.build_kernel_docs(tmp_path / "again", deb, min_docs=3)
+    assert again["checksum"] == manifest["checksum"]
+    listing = (tmp_path / "corpus" / "documents.tsv").read_text().splitlines()
+    assert listing[0] == "split\tlabel\tpath\tsha256" and len(listing) == 13
+
+
+def _original_path(doc_id: str) -> str:
+    # <label>/<path with / as __>.txt -> the path under Documentation/
+    return doc_id.split("/", 1)[1][: -len(".txt")].replace("__", "/") + ".rst"
+
+
+def test_cli_builds_the_corpus(deb, tmp_path):
+    from longdoc.cli import main
+
+    assert main(["data", "kernel-docs", "--output", str(tmp_path / "c"), "--deb", str(deb),
+                 "--min-docs", "3"]) == 0  # fmt: skip
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert manifest["documents"] == 12
+
+
+def _examples():
+    return [("a b c " * 20, "x"), ("d e f " * 20, "y"), ("g, h \"i\"\nj", "x")]
+
+
+def test_readers_agree(tmp_path):
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"text": t, "label": lab}) for t, lab in _examples()))
+    csv_path = tmp_path / "d.csv"
+    import csv
+
+    with csv_path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["label", "text"])
+        for t, lab in _examples():
+            writer.writerow([lab, t])
+    folder = tmp_path / "folder"
+    for i, (t, lab) in enumerate(_examples()):
+        (folder / lab).mkdir(parents=True, exist_ok=True)
+        (folder / lab / f"{i}.txt").write_text(t)
+    for path in (jsonl, csv_path, folder):
+        got = sorted((e.text, e.label) for e in data.read_dataset(path))
+        assert got == sorted(_examples()), path
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("empty.jsonl", b"", "the file is empty"),
+        ("empty.csv", b"  \n", "the file is empty"),
+        ("bad.jsonl", b'{"text": "caf\xe9", "label": "x"}\n', "not valid UTF-8"),
+        ("bad.csv", b"text,label\ncaf\xe9,x\n", "not valid UTF-8"),
+        ("nolabel.jsonl", b'{"text": "words"}\n', "missing or empty 'label'"),
+        ("blank.jsonl", b'{"text": "  ", "label": "x"}\n', "empty or whitespace only"),
+        ("header.csv", b"body,label\nwords,x\n", "'text' and 'label' columns"),
+    ],
+)
+def test_bad_files_name_the_file(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message) as info:
+        data.read_dataset(path)
+    assert str(path) in str(info.value)
+
+
+def test_bad_text_files_in_a_folder_name_the_file(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "ok.txt").write_text("fine words")
+    bad = tmp_path / "x" / "bad.txt"
+    bad.write_bytes(b"\xff\xfe broken")
+    with pytest.raises(DataError, match="not valid UTF-8") as info:
+        data.read_dataset(tmp_path)
+    assert str(bad) in str(info.value)
+    bad.write_bytes(b"")
+    with pytest.raises(DataError, match="empty") as info:
+        data.read_dataset(tmp_path)
+    assert str(bad) in str(info.value)
+
+
+def test_a_label_with_one_document_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "train.jsonl"
+    rows = [("one two", "x"), ("three four", "x"), ("five six", "lonely")]
+    path.write_text("\n".join(json.dumps({"text": t, "label": lab}) for t, lab in rows) + "\n")
+    examples = data.read_dataset(path)
+    with pytest.raises(DataError, match="'lonely' has only one document") as info:
+        data.check_training_labels(examples, str(path))
+    assert f"{path}:3" in str(info.value)
+
+    from longdoc.cli import main
+
+    assert main(["train", "--train", str(path), "--baseline", "tfidf", "--output",
+                 str(tmp_path / "out")]) == 1  # fmt: skip
+
+
+def test_unknown_label_names_the_file(tmp_path):
+    path = tmp_path / "test.jsonl"
+    path.write_text(json.dumps({"text": "words", "label": "zebra"}) + "\n")
+    with pytest.raises(DataError, match="'zebra' is not one the model knows") as info:
+        data.check_known_labels(data.read_dataset(path), ["x", "y"])
+    assert f"{path}:1" in str(info.value)
+
+
+def test_clean_rst_removes_label_giveaways():
+    text = (".. SPDX-License-Identifier: GPL-2.0\n\n.. _anchor-name:\n\nSee "
+            ":doc:`/admin-guide/foo` and :ref:`the bar page <bar-target>` in "
+            "Documentation/admin-guide/foo.rst.\n.. include:: ../disclaimer.rst\n")  # fmt: skip
+    cleaned = data.clean_rst(text)
+    assert cleaned == "See  and the bar page in\n"  # the path took its full stop along

@@ -1,0 +1,95 @@
+"""Metrics against values computed by hand; evaluation errors that name the file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from longdoc import metrics
+from longdoc.data import DataError
+
+# true / predicted over 3 classes, worked out by hand below
+Y_TRUE = [0, 0, 1, 1, 2]
+Y_PRED = [0, 1, 1, 1, 0]
+
+
+def test_classification_report_by_hand():
+    report = metrics.classification_report(Y_TRUE, Y_PRED, ["a", "b", "c"])
+    assert report["documents"] == 5
+    assert report["accuracy"] == pytest.approx(3 / 5)
+    # a: tp 1, predicted 2 (docs 0, 4), support 2 -> P 1/2, R 1/2, F1 1/2
+    # b: tp 2, predicted 3, support 2 -> P 2/3, R 1, F1 0.8
+    # c: tp 0, predicted 0, support 1 -> 0, 0, 0
+    a, b, c = (report["per_class"][k] for k in "abc")
+    assert (a["precision"], a["recall"], a["f1"], a["support"]) == (0.5, 0.5, 0.5, 2)
+    assert b["precision"] == pytest.approx(2 / 3) and b["recall"] == 1.0
+    assert b["f1"] == pytest.approx(0.8)
+    assert (c["precision"], c["recall"], c["f1"], c["support"]) == (0, 0, 0, 1)
+    assert report["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+    assert report["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+
+
+def test_macro_f1_ignores_classes_absent_from_the_data():
+    report = metrics.classification_report([0, 0], [0, 1], ["a", "b", "c"])
+    # a: P 1, R 1/2, F1 2/3; b and c have no documents -> left out of the mean
+    assert report["macro_f1"] == pytest.approx(2 / 3)
+
+
+def test_length_buckets_by_hand():
+    assert [metrics.length_bucket(n) for n in (1, 512, 513, 2048, 2049)] == \
+        ["up to 512", "up to 512", "513-2048", "513-2048", "over 2048"]  # fmt: skip
+    tokens = [100, 600, 3000, 5000, 512]
+    out = metrics.by_length(Y_TRUE, Y_PRED, tokens, ["a", "b", "c"])
+    assert out["up to 512"] == {"documents": 2, "accuracy": 0.5, "macro_f1": pytest.approx(1 / 3)}
+    assert out["513-2048"]["documents"] == 1 and out["513-2048"]["accuracy"] == 0.0
+    assert out["over 2048"]["documents"] == 2 and out["over 2048"]["accuracy"] == 1.0
+
+
+def test_mcnemar_exact_by_hand():
+    a = [1, 1, 1, 0, 1, 1]
+    b = [0, 0, 0, 1, 1, 1]
+    result = metrics.mcnemar(a, b)
+    # discordant: 3 only a, 1 only b; p = 2 * P(X <= 1), X ~ Bin(4, 1/2) = 2 * 5/16
+    assert (result["only_a_correct"], result["only_b_correct"]) == (3, 1)
+    assert result["p_value"] == pytest.approx(10 / 16)
+    assert metrics.mcnemar([1, 0], [1, 0])["p_value"] == 1.0
+
+
+def test_bootstrap_difference():
+    a = np.array([1] * 80 + [0] * 20)
+    b = np.array([1] * 50 + [0] * 50)
+    result = metrics.bootstrap_difference(a, b, samples=2000)
+    assert result["difference"] == pytest.approx(0.3)
+    low, high = result["ci95"]
+    assert low < 0.3 < high and low > 0
+    assert result["p_value"] < 0.01
+
+
+def test_confusion_plot(tmp_path):
+    metrics.plot_confusion([[1, 1], [0, 2]], ["a", "b"], tmp_path / "m.png", "t")
+    assert (tmp_path / "m.png").stat().st_size > 1000
+
+
+def test_unknown_label_at_evaluation_names_the_file(tmp_path):
+    """Evaluation refuses a label the model does not know, before computing anything."""
+    from longdoc.evaluate import evaluate
+    from longdoc.train import TrainConfig, train
+
+    train_file = tmp_path / "train.jsonl"
+    rows = [("alpha words here", "x"), ("more alpha words", "x"), ("beta text", "y"),
+            ("beta again", "y")]  # fmt: skip
+    train_file.write_text("\n".join(json.dumps({"text": t, "label": lab}) for t, lab in rows))
+    train(TrainConfig(train=train_file, output=tmp_path / "m", baseline="tfidf"),
+          log=lambda *_: None)  # fmt: skip
+    test_file = tmp_path / "test.jsonl"
+    test_file.write_text(json.dumps({"text": "x words", "label": "x"}) + "\n"
+                         + json.dumps({"text": "what", "label": "zebra"}) + "\n")  # fmt: skip
+    with pytest.raises(DataError, match="'zebra' is not one the model knows") as info:
+        evaluate(test_file, checkpoint=tmp_path / "m", progress=False)
+    assert f"{test_file}:2" in str(info.value)
+    from longdoc.cli import main
+
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "m"), "--data", str(test_file),
+                 "--output", str(tmp_path / "r.json")]) == 1  # fmt: skip
