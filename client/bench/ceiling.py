@@ -55,13 +55,17 @@ INT8_DEFAULT = {"per_channel": False, "reduce_range": False, "weight_type": "QIn
 
 
 def architecture(repository: str | Path) -> dict:
-    """layers, hidden, ffn, heads of the repository's encoder, from the source recorded in
-    its export report (a preset's table, or the checkpoint's config.json), else from the
-    ONNX graph (Attention nodes, their weights and the FFN biases)."""
+    """layers, hidden, ffn, heads of the repository's encoder: its export report's
+    ``architecture``; for older exports, the source it records (a preset's table, or the
+    checkpoint's config.json), else the ONNX graph (Attention nodes, weights, FFN biases)."""
     from longdoc.runtime import export_metadata
 
     repo = Path(repository)
-    source = export_metadata(repo).get("source", "")
+    report = export_metadata(repo)
+    source = report.get("source", "")
+    a = report.get("architecture")
+    if a and all(k in a for k in ("layers", "hidden", "ffn", "heads")):
+        return _arch(a["layers"], a["hidden"], a["ffn"], a["heads"], source)
     if source.startswith("preset:"):
         from longdoc.checkpoint import PRESETS
 
@@ -149,8 +153,18 @@ def matmul_model(shape: dict, seed: int = 0):
 
 
 def _quantize(src: Path, dst: Path, options: dict) -> None:
+    import logging
+
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    logging.disable(logging.WARNING)  # "consider pre-processing": not for one MatMul
+    try:
+        _quantize_dynamic(src, dst, options, quantize_dynamic, QuantType)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _quantize_dynamic(src, dst, options, quantize_dynamic, QuantType) -> None:  # noqa: N803
     quantize_dynamic(
         str(src), str(dst), per_channel=options.get("per_channel", False),
         reduce_range=options.get("reduce_range", False),
@@ -517,7 +531,7 @@ def run_ceiling(
 
     arch = arch or architecture(repository)
     served_precision = export_metadata(repository).get("precision", "fp32")
-    precisions = precisions or tuple(dict.fromkeys(("fp32", served_precision)))
+    precisions = precisions or ("fp32", "int8")
     lengths = window_lengths(docs)
     tokens = sum(d.num_tokens for d in docs)
     real = sum(d.needed_tokens for d in docs)

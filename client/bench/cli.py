@@ -100,6 +100,17 @@ def _baselines(value: str) -> list[str]:
     return out
 
 
+PEERS = ("belt", "hf_pipeline", "optimum", "naive")  # longdoc.client.bench.peers.PEERS
+
+
+def _peers(value: str) -> list[str]:
+    out = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in out if v not in PEERS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown peer(s) {bad}: choose {', '.join(PEERS)}")
+    return out
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "bench",
@@ -218,6 +229,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--reference-repository", metavar="DIR",
         help="another export whose decisions the served ones are compared with",
     )  # fmt: skip
+    x = p.add_argument_group("the machine's ceiling and peer libraries (need --repository)")
+    x.add_argument(
+        "--ceiling", action="store_true",
+        help="measure onnxruntime's FP32 and INT8 matrix-multiply rates at the encoder's "
+        "shapes and report the served throughput as a fraction of that ceiling",
+    )  # fmt: skip
+    x.add_argument(
+        "--peers", nargs="?", const=",".join(PEERS), type=_peers, default=[],
+        metavar=",".join(PEERS),
+        help="run peer systems on the same documents and weights, each in its own process "
+        "(default when given: all; time limit --baseline-time-limit each)",
+    )  # fmt: skip
     o = p.add_argument_group("output")
     o.add_argument("--output", metavar="DIR", help="results.json, results.csv, PNG plot")
     o.add_argument("--label", default="", help="name of this run in the results and plot")
@@ -239,9 +262,11 @@ def run(args: argparse.Namespace) -> int:
 
         render(args.render)
         return 0
-    if args.baselines and not args.repository:
-        print("longdoc bench: error: --baselines needs --repository DIR", file=sys.stderr)
-        return 2
+    for flag, wanted in (("--baselines", args.baselines), ("--ceiling", args.ceiling),
+                         ("--peers", args.peers)):  # fmt: skip
+        if wanted and not args.repository:
+            print(f"longdoc bench: error: {flag} needs --repository DIR", file=sys.stderr)
+            return 2
     if not args.concurrency and not args.rate and not args.mixed:
         print(
             "longdoc bench: error: no load points (--concurrency / --rate / --mixed)",
@@ -267,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
         random_head=args.random_head, reference_repository=args.reference_repository,
         mixed_rates=args.mixed, short_windows=args.short_windows, short_docs=args.short_docs,
         long_windows=args.long_windows, long_inflight=args.long_inflight,
-        mixed_duration_s=args.mixed_duration_s,
+        mixed_duration_s=args.mixed_duration_s, ceiling=args.ceiling, peers=args.peers,
         output=args.output, label=args.label, progress=not (args.no_progress or args.quiet),
         quiet=args.quiet,
     )  # fmt: skip

@@ -56,6 +56,9 @@ class BenchConfig:
     long_windows: int = 300
     long_inflight: int = 1
     mixed_duration_s: float = 30.0
+    # This machine's matmul ceiling (ceiling.py) and peer libraries (peers.py), same run.
+    ceiling: bool = False
+    peers: list[str] = field(default_factory=list)  # peers.PEERS names
     output: str | None = None
     label: str = ""
     progress: bool = True  # progress bars on stderr

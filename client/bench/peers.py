@@ -314,8 +314,22 @@ def server_rss_mb(url: str) -> float | None:
         return None
 
 
-def peers_table(result: dict, served: dict | None = None) -> list[str]:
+def served_summary(bench: dict) -> dict | None:
+    """The served figures the peers table sets them against: saturated docs/s and tokens/s
+    (the best closed-loop point) and the p50 latency at concurrency 1."""
+    best = bench.get("saturated")
+    if not best:
+        return None
+    c1 = [p for p in bench.get("points", []) if p["mode"] == "closed" and p["concurrency"] == 1]
+    return best | {
+        "docs": bench.get("corpus", {}).get("docs"),
+        "p50_c1_ms": c1[0]["latency_ms"].get("p50") if c1 else None,
+    }
+
+
+def peers_table(result: dict) -> list[str]:
     """summary.md section: served (saturated and concurrency 1) next to every peer."""
+    served = result.get("served")
     lines = [
         "Peers on the same documents and weights, each in its own process, one document at a "
         "time (load average "

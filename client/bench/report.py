@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from longdoc.client.bench.ceiling import ceiling_lines
+from longdoc.client.bench.peers import peers_table
 
 from longdoc import contract
 
@@ -230,6 +232,8 @@ def mixed_lines(points: list[dict]) -> list[str]:
 # matmul ceiling (ceiling.py) and the peer libraries (peers.py) add theirs here.
 SECTIONS: dict[str, Callable[[object], list[str]]] = {
     "mixed": mixed_lines,
+    "ceiling": ceiling_lines,
+    "peers": peers_table,
 }
 
 

@@ -80,9 +80,22 @@ def run_bench(cfg: BenchConfig) -> dict:
     if cfg.mixed_rates:
         result["mixed"] = run_mixed(cfg, tokenizer, chunking)
     # Further measurements of the same run go here, each as result[<name>] with its
-    # renderer in report.SECTIONS: the machine's matmul ceiling (ceiling.py) and the peer
-    # libraries (peers.py).
+    # renderer in report.SECTIONS.
     texts = [d.text for d in docs]
+    if cfg.ceiling:
+        from longdoc.client.bench.ceiling import run_ceiling
+
+        log(cfg, "ceiling: onnxruntime FP32/INT8 GEMM rates at the encoder's shapes...")
+        result["ceiling"] = run_ceiling(cfg.repository, docs, result["saturated"], cfg.ort_threads)
+    if cfg.peers:
+        from longdoc.client.bench.peers import run_peers, served_summary
+
+        result["peers"] = run_peers(
+            cfg.repository, texts, docs, tuple(cfg.peers), cfg.baseline_time_limit_s,
+            cfg.checkpoint, cfg.preset, cfg.head, log=lambda m: log(cfg, m),
+            served_labels=served_labels, served_url=cfg.url,
+        )  # fmt: skip
+        result["peers"]["served"] = served_summary(result)
     if cfg.baselines:
         if not cfg.repository:
             raise ValueError("--baselines needs --repository DIR (the served ONNX files)")
