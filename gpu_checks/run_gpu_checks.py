@@ -19,6 +19,9 @@ Sections (each reports pass / fail / skipped with the reason, and never stops th
 * ``tokenizer``: what the chunker costs per 512-token window on one CPU core of this
   machine, hence how many chunker instances keep the measured GPU rate fed.
 * ``gemm``: a large FP16 matmul, to see what fraction of the nominal peak this GPU gives.
+* ``training``: a few optimizer steps of ``longdoc train`` end to end on the preset
+  (bf16/fp16 autocast and gradient checkpointing, as on CUDA by default): windows/s per
+  optimizer step.
 
 Writes ``results.json`` and ``results.md`` into ``--out``. Exit status 1 when a check
 failed or crashed, 0 otherwise (skipped sections do not fail the run; their reasons, such
@@ -547,6 +550,43 @@ def section_gemm(args, work: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------
+# (e) end-to-end training throughput (longdoc train)
+# ---------------------------------------------------------------------------------------
+
+
+def section_training(args, work: Path) -> dict:
+    """A few optimizer steps of `longdoc train` end to end (the preset, autocast and
+    gradient checkpointing as on CUDA by default): windows/s per optimizer step."""
+    need("torch", "transformers", "tokenizers")
+    import torch
+
+    from longdoc.corpus import document
+    from longdoc.train import TrainConfig, train
+
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.cpu_smoke:
+        raise Skip("no CUDA device visible to torch (run with --cpu-smoke for the code path)")
+    data = work / "train-data"
+    for i in range(24):
+        folder = data / f"label{i % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"d{i}.txt").write_text(document(3_000 if not args.cpu_smoke else 200, seed=i))
+    preset = args.preset if not args.cpu_smoke else "tiny"
+    steps, batch, k = (6, 8, 4) if not args.cpu_smoke else (2, 2, 2)
+    record = train(TrainConfig(
+        train=data, output=work / "trained", preset=preset, head="mean-pool",
+        chunking={"max_length": args.seq}, epochs=1, max_steps=steps, batch_size=batch,
+        train_windows=k, cache_dir=work / "train-cache", progress=False,
+    ), log=lambda *_: None)  # fmt: skip
+    return {"status": "pass", "preset": preset, "seq_len": args.seq, "steps": record["steps"],
+            "windows_per_step": record["windows_per_step"],
+            "windows_per_s": record["windows_per_s"],
+            "windows_per_s_after_first": record.get("windows_per_s_after_first"),
+            "amp": record["amp"], "gradient_checkpointing": record["gradient_checkpointing"],
+            "device": record["device"]}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------
 
@@ -604,6 +644,13 @@ def markdown(report: dict) -> str:
     if gemm.get("status") == "pass":
         lines += ["", f"## FP16 GEMM {gemm['shape']}: {gemm['tflops']} TFLOP/s "
                   f"({gemm['pct_of_assumed_peak']}% of {report['peak_tflops']})"]  # fmt: skip
+    trn = report["sections"].get("training", {})
+    if trn.get("status") == "pass":
+        lines += ["", f"## Training (`longdoc train` end to end): {trn['preset']}, "
+                  f"{trn['seq_len']} tokens, {trn['windows_per_step']} windows per optimizer "
+                  f"step: {trn['windows_per_s']} windows/s (after the first step "
+                  f"{trn['windows_per_s_after_first']}); autocast {trn['amp']}, gradient "
+                  f"checkpointing {trn['gradient_checkpointing']}"]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -617,8 +664,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--sections",
-        default="parity,throughput,tokenizer,gemm",
-        help="comma-separated subset of parity,throughput,tokenizer,gemm",
+        default="parity,throughput,tokenizer,gemm,training",
+        help="comma-separated subset of parity,throughput,tokenizer,gemm,training",
     )
     p.add_argument(
         "--preset",
@@ -655,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"environment: {json.dumps(report['environment'])}", flush=True)
     with tempfile.TemporaryDirectory(prefix="longdoc-gpu-checks-") as tmp:
         work = Path(tmp)
-        for name in ("parity", "throughput", "tokenizer", "gemm"):
+        for name in ("parity", "throughput", "tokenizer", "gemm", "training"):
             if name not in wanted:
                 continue
             t0 = time.perf_counter()
@@ -669,8 +716,10 @@ def main(argv: list[str] | None = None) -> int:
                     thr = report["sections"].get("throughput", {})
                     gpu_rate = thr.get("best_chunks_per_s") if not args.cpu_smoke else None
                     result = section_tokenizer(args, work, gpu_rate or None)
-                else:
+                elif name == "gemm":
                     result = section_gemm(args, work)
+                else:
+                    result = section_training(args, work)
             except Skip as exc:
                 result = {"status": "skipped", "reason": str(exc)}
             except Exception as exc:  # noqa: BLE001 - report it, run the other sections

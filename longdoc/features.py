@@ -93,31 +93,6 @@ class FeatureSet:
     def vectors(self, kind: str) -> np.ndarray:
         return self.mean if kind == "mean" else self.pooled
 
-    def first_window(self) -> FeatureSet:
-        """Truncation: each document's first window only."""
-        starts = self.offsets[:-1]
-        return FeatureSet(
-            self.mean[starts], self.pooled[starts], np.arange(len(self) + 1, dtype=np.int64),
-            self.num_tokens, self.key + ":first",
-        )  # fmt: skip
-
-    def cap(self, k: int, policy: str = "head_tail") -> FeatureSet:
-        """At most ``k`` windows per document (the chunking module's selection rule)."""
-        cfg = ChunkingConfig(max_length=16, overlap=0, max_chunks=k, overflow=policy)
-        from longdoc.chunking import select_windows
-
-        rows, offsets = [], [0]
-        for i in range(len(self)):
-            s = self.windows(i)
-            n = s.stop - s.start
-            rows.extend(s.start + j for j in select_windows(n, cfg))
-            offsets.append(len(rows))
-        rows = np.asarray(rows, dtype=np.int64)
-        return FeatureSet(
-            self.mean[rows], self.pooled[rows], np.asarray(offsets, dtype=np.int64),
-            self.num_tokens, f"{self.key}:cap{k}{policy}",
-        )  # fmt: skip
-
 
 # --------------------------------------------------------------------------- windows
 

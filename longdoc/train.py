@@ -185,11 +185,12 @@ def window_indices(num_tokens: int, chunking: ChunkingConfig, mode: str) -> tupl
 
 def feature_chunking(chunking: ChunkingConfig, mode: str) -> ChunkingConfig:
     """The chunking the feature cache is computed with: the same windows, but at least
-    FEATURE_MAX_CHUNKS of them per document (heads with fewer reuse the cache)."""
+    FEATURE_MAX_CHUNKS of them per document (heads with fewer reuse the cache); every
+    window when ``max_chunks`` is 0."""
     if mode == "head_tail":
         return ChunkingConfig.from_dict({**chunking.to_dict(), "max_chunks": 1,
                                          "overflow": "head"})  # fmt: skip
-    keep = max(FEATURE_MAX_CHUNKS, chunking.max_chunks)
+    keep = 0 if not chunking.max_chunks else max(FEATURE_MAX_CHUNKS, chunking.max_chunks)
     return ChunkingConfig.from_dict({**chunking.to_dict(), "max_chunks": keep,
                                      "overflow": "head_tail"})  # fmt: skip
 
@@ -641,7 +642,13 @@ def train_end_to_end(cfg: TrainConfig, encoder_dir: Path, train_ex, val_ex, labe
         "train_seconds": round(time.perf_counter() - started, 2),
         "windows_per_s": round(total_w / total_s, 3) if total_s else None,
         "windows_per_step": round(total_w / len(step_times), 2) if step_times else None,
+        "windows_per_s_after_first": _rate(step_times[1:]),
     }  # fmt: skip
+
+
+def _rate(step_times: list[tuple[int, float]]) -> float | None:
+    seconds = sum(s for _, s in step_times)
+    return round(sum(w for w, _ in step_times) / seconds, 3) if seconds else None
 
 
 def predict_end_to_end(model: EndToEndModel, docs, autocast) -> np.ndarray:
@@ -837,7 +844,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     record["history"] = result["history"]
     for key in ("feature_seconds", "train_seconds", "feature_cache", "windows", "amp",
                 "gradient_checkpointing", "device", "steps", "windows_per_s",
-                "windows_per_step"):  # fmt: skip
+                "windows_per_step", "windows_per_s_after_first"):  # fmt: skip
         if key in result:
             record[key] = result[key]
     best = [r for r in result["history"] if r.get("best")] or result["history"][-1:]
@@ -875,7 +882,8 @@ def add_chunking_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("chunking (recorded in the checkpoint; export reuses it)")
     g.add_argument("--max-length", type=int, default=512)
     g.add_argument("--overlap", type=int, default=128)
-    g.add_argument("--max-chunks", type=int, default=64)
+    g.add_argument("--max-chunks", type=int, default=0,
+                   help="cap on the windows per document (0: every window, as served)")
     g.add_argument("--overflow", choices=OVERFLOW_POLICIES, default="error")
     g.add_argument("--strategy", choices=STRATEGIES, default="fixed")
 
