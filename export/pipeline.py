@@ -7,7 +7,7 @@ The export report, ``export_report.json`` at the repository root (``REPORT_FORMA
 * ``precision``: the encoder precision served (``fp16`` with ``--tensorrt`` means TensorRT
   FP16 engines built from the plain FP32 file); ``profile``; ``tensorrt``;
 * ``chunking``: ``chunker/1/chunking.json`` (max_length, overlap, max_chunks, overflow,
-  strategy, seq_buckets, max_bytes, format);
+  strategy, seq_buckets, max_bytes, max_windows, format);
 * ``serving``: the numbers the configs were built from (``export.sizing.Sizing``):
   ``profile``, ``backend``, ``max_chunks``, ``seq_buckets``, ``max_batch_size`` (encoder
   windows per batch), ``preferred_batch_sizes``, ``queue_delay_us``, ``max_queue_size``,
@@ -15,7 +15,8 @@ The export report, ``export_report.json`` at the repository root (``REPORT_FORMA
   ``ort_threads`` (encoder/aggregator, 0: all cores), ``ort_batch`` (portable encoder:
   windows per onnxruntime call, 0: the whole batch), ``tensorrt``, ``trt_shapes``
   (min/opt/max [batch, seq] or null), ``warmup`` ([seq, batch] per warm-up request),
-  ``response_cache``. Read these instead of parsing config.pbtxt;
+  ``response_cache``, ``slice_windows`` and ``inflight_slices`` (the dispatcher's pacing);
+  each field is commented in ``Sizing``. Read these instead of parsing config.pbtxt;
 * ``encoder``, ``aggregator``: facts of the ONNX files (``export.graph.onnx_facts``:
   precision, params, bytes, initializer_dtypes, fused_ops, contrib_domains);
 * ``architecture``: the encoder's ``layers``, ``hidden``, ``ffn``, ``heads``, ``vocab``,
