@@ -5,7 +5,8 @@
   sent on each protocol);
 * what a tritonclient error says (``error_text``) and whether it may be retried
   (``is_retryable``): only when the server did not run the request (gRPC ``UNAVAILABLE``,
-  HTTP 502/503/504, a refused or dropped connection, a model that is being reloaded), never
+  HTTP 502/503/504, a refused or dropped connection, a model that is being reloaded, a
+  queue-policy refusal), never
   after a deadline the client set itself (``DeadlineExceeded``, gRPC ``DEADLINE_EXCEEDED``,
   any timeout): the server may still be working on it, and sending it again doubles the
   work of a server that is already slow;
@@ -25,10 +26,16 @@ PROTOCOLS = ("grpc", "http")
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 # HTTP statuses of a server (or a proxy in front of it) that did not run the request.
 RETRY_HTTP_STATUSES = ("502", "503", "504")
-# Triton answers these while a model is being reloaded or its backend stub is being
-# replaced (server restart, `longdoc serve --restart`): the request never ran. They come
-# with other status codes (NOT_FOUND, INTERNAL), so they are recognized by their text.
-RESTARTING_MESSAGES = ("no available versions", "is not healthy")
+# Answers that say the request never ran, recognized by their text because the status
+# code does not survive every path (an ensemble step, a BLS call inside a Python model
+# report them as INTERNAL): a model being reloaded or its backend stub being replaced
+# (server restart, `longdoc serve --restart`), and the encoder's queue policy refusing a
+# request (`longdoc export --max-queue-size / --queue-timeout-us`: UNAVAILABLE at the
+# encoder).
+NOT_RUN_MESSAGES = (
+    "no available versions", "is not healthy", "exceeds maximum queue size",
+    "request timeout expired",
+)  # fmt: skip
 # aiohttp: could not connect / the server closed the connection before answering (Triton
 # closes idle keep-alive connections when it stops).
 CONNECTION_ERRORS = ("ClientConnectorError", "ServerDisconnectedError")
@@ -147,7 +154,7 @@ def is_retryable(exc: BaseException) -> bool:
     if status == "StatusCode.UNAVAILABLE" or status in RETRY_HTTP_STATUSES:
         return True
     text = error_text(exc).lower()
-    return any(marker in text for marker in RESTARTING_MESSAGES)
+    return any(marker in text for marker in NOT_RUN_MESSAGES)
 
 
 def metadata_dict(meta) -> dict:

@@ -61,6 +61,11 @@ def test_wire_headers():
             "Request for unknown model: 'document_classifier' has no available versions",
             "StatusCode.NOT_FOUND"), True),
         (InferenceServerException("Stub process 'encoder_0_0' is not healthy.", "500"), True),
+        (InferenceServerException(  # the encoder's refusal, as an ensemble reports it
+            "in ensemble 'document_classifier', Model encoder - Error when running inference: "
+            "[request id: <id_unknown>] Exceeds maximum queue size", "StatusCode.INTERNAL"),
+         True),
+        (InferenceServerException("[request id: 1] Request timeout expired", "500"), True),
         (ConnectionRefusedError(111, "Connection refused"), True),
         # the client's own deadline, and every answer the server did give: never retried
         (InferenceServerException("Deadline Exceeded", "StatusCode.DEADLINE_EXCEEDED"), False),
