@@ -417,7 +417,9 @@ async def _short_arrivals(
         tasks.append(asyncio.create_task(one(k % len(conn.docs), due, during)))
         k += 1
     if tasks:
-        await asyncio.wait(tasks, timeout=conn.cfg.request_timeout_s)
+        _, pending = await asyncio.wait(tasks, timeout=conn.cfg.request_timeout_s)
+        for task in pending:  # past the request timeout: counted as not answered
+            task.cancel()
     return samples
 
 
@@ -500,10 +502,7 @@ async def measure_mixed(short: Connection, long: Connection, rate: float, cfg: B
     await asyncio.sleep(0.05)  # the first long documents are on their way
     mixed = await _short_arrivals(short, rate, seconds, cfg.seed, lambda: inflight)
     t1 = time.perf_counter()
-    if busy_since is not None:
-        busy_s += t1 - busy_since
-        busy_since = time.perf_counter()
-    covered = busy_s
+    covered = busy_s + (t1 - busy_since if busy_since is not None else 0.0)
     stop.set()
     _, pending = await asyncio.wait(workers, timeout=cfg.request_timeout_s)
     for task in pending:
