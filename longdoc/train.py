@@ -87,6 +87,7 @@ class TrainConfig:
     ffn: int | None = None
     max_positions: int = 256
     progress: bool = True
+    init_from: Path | None = None  # a `longdoc train` output: start from its head weights
 
     def chunking_config(self) -> ChunkingConfig:
         return ChunkingConfig.from_dict(self.chunking)
@@ -443,9 +444,29 @@ class EndToEndModel:
         for m in self.encoder.modules():
             if isinstance(m, torch.nn.Dropout):
                 m.p = cfg.dropout
+        if cfg.init_from:
+            self.load_head(Path(cfg.init_from), labels)
         self.encoder.to(device)
         self.aggregator.to(device)
         self.device = device
+
+    def load_head(self, checkpoint: Path, labels: list[str]) -> None:
+        """Warm start (linear probe, then fine-tune): the head a frozen run trained."""
+        import torch
+        from safetensors.torch import load_file
+
+        from longdoc.checkpoint import HEAD_JSON, HEAD_WEIGHTS
+
+        spec = json.loads((checkpoint / HEAD_JSON).read_text())
+        if spec["labels"] != labels:
+            raise ValueError(f"{checkpoint}: its labels {spec['labels']} differ from {labels}")
+        if spec["head"] in LOGIT_HEADS:
+            state = load_file(checkpoint / "model.safetensors")
+            with torch.no_grad():
+                self.encoder.bert.classifier.weight.copy_(state["classifier.weight"])
+                self.encoder.bert.classifier.bias.copy_(state["classifier.bias"])
+        else:
+            self.aggregator.load_state_dict(load_file(checkpoint / HEAD_WEIGHTS))
 
     def parameters(self):
         return list(self.encoder.parameters()) + list(self.aggregator.parameters())
@@ -930,6 +951,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     h.add_argument("--num-heads", type=int, default=4)
     h.add_argument("--ffn", type=int)
     h.add_argument("--max-positions", type=int, default=256)
+    p.add_argument("--init-from", type=Path, metavar="DIR",
+                   help="end to end: start from the head of a (frozen) `longdoc train` output")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--output", type=Path, required=True)
     p.set_defaults(func=run)
@@ -950,6 +973,7 @@ def run(args: argparse.Namespace) -> int:
         gradient_checkpointing=args.gradient_checkpointing, device=args.device,
         cache_dir=args.cache_dir, layers=args.layers, num_heads=args.num_heads, ffn=args.ffn,
         max_positions=args.max_positions, progress=not args.no_progress,
+        init_from=args.init_from,
     )  # fmt: skip
     try:
         cfg.chunking_config()

@@ -200,3 +200,17 @@ def test_tfidf_baseline(dataset, tmp_path):
     assert record["kind"] == "tfidf"
     report = evaluate(dataset["test"], checkpoint=tmp_path / "tfidf", progress=False, plot=False)
     assert report["documents"] == 6 and 0.0 <= report["accuracy"] <= 1.0
+
+
+def test_end_to_end_warm_start_from_a_frozen_head(dataset, tmp_path):
+    """--init-from: end to end starts from the head a frozen run trained (linear probe, then
+    fine-tune); with no optimizer step the head is exactly the frozen one."""
+    train_cli(dataset, "mean-pool", tmp_path / "frozen", "--freeze-encoder")
+    train_cli(dataset, "mean-pool", tmp_path / "warm", "--init-from", str(tmp_path / "frozen"),
+              "--max-steps", "1", "--encoder-lr", "0", "--lr", "0")  # fmt: skip
+    from safetensors.numpy import load_file
+
+    a = load_file(tmp_path / "frozen" / "head.safetensors")
+    b = load_file(tmp_path / "warm" / "head.safetensors")
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=1e-7)
