@@ -45,8 +45,8 @@ import numpy as np
 from longdoc import contract
 
 SQUARE = 2048
-# One quantization setting of ``quantize_dynamic`` (``export.precision.quantize_int8``'s).
-INT8_DEFAULT = {"per_channel": False, "reduce_range": False, "weight_type": "QInt8"}
+# The quantization setting of ``quantize_dynamic`` that export uses (``precision.quantize_int8``)
+INT8_DEFAULT = {"per_channel": True, "reduce_range": False, "weight_type": "QInt8"}
 
 
 # ---------------------------------------------------------------------------------------
