@@ -183,3 +183,20 @@ def test_peers_in_their_own_processes(tiny_repo):
 def test_peer_errors_are_reported(tiny_repo):
     with pytest.raises(ValueError):
         peers.run_peer("nope", tiny_repo, ["x"], [])
+
+
+def test_bench_flags(capsys):
+    from longdoc.cli import main
+
+    assert main(["bench", "--ceiling", "--concurrency", "1"]) == 2
+    assert "--ceiling needs --repository" in capsys.readouterr().err
+    assert main(["bench", "--peers", "--concurrency", "1"]) == 2
+    with pytest.raises(SystemExit):
+        main(["bench", "--peers", "belt,nope"])
+
+
+def test_report_sections_render_ceiling_and_peers():
+    from longdoc.client.bench import report
+
+    assert report.SECTIONS["ceiling"] is ceiling.ceiling_lines
+    assert report.SECTIONS["peers"] is peers.peers_table
