@@ -129,7 +129,7 @@ class DocumentClassifierClient:
             module, shapes, RAW_OUTPUTS
         )
 
-    async def _attempts(self, call, deadline: float, on_attempt=None):
+    async def _attempts(self, call, deadline: float, on_attempt=None, read_only: bool = False):
         """``call(remaining_s)`` until it succeeds, fails for good, or the deadline
         passes; retries (with jittered exponential backoff) only what
         ``transport.is_retryable`` allows, and never past the deadline."""
@@ -145,7 +145,7 @@ class DocumentClassifierClient:
             try:
                 return await call(remaining)
             except Exception as exc:
-                if attempt >= self.retries or not transport.is_retryable(exc):
+                if attempt >= self.retries or not transport.is_retryable(exc, read_only):
                     raise
                 delay = self.backoff_s * (2**attempt) * (0.5 + random.random())
                 if time.perf_counter() + delay >= deadline:
@@ -223,7 +223,8 @@ class DocumentClassifierClient:
                 ) from None
 
         try:
-            return await self._attempts(bounded, time.perf_counter() + self.timeout_s)
+            deadline = time.perf_counter() + self.timeout_s
+            return await self._attempts(bounded, deadline, read_only=True)
         except Exception as exc:  # noqa: BLE001
             message = transport.error_text(exc)
             raise ServerUnavailable(f"{self.protocol}://{self.url}: {message}") from exc

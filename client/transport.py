@@ -29,12 +29,12 @@ RETRY_HTTP_STATUSES = ("502", "503", "504")
 # Answers that say the request never ran, recognized by their text because the status
 # code does not survive every path (an ensemble step, a BLS call inside a Python model
 # report them as INTERNAL): a model being reloaded or its backend stub being replaced
-# (server restart, `longdoc serve --restart`), and the encoder's queue policy refusing a
-# request (`longdoc export --max-queue-size / --queue-timeout-us`: UNAVAILABLE at the
-# encoder).
+# (server restart, `longdoc serve --restart`), a server that is shutting down ("Server not
+# ready", e.g. to a step's BLS call), and the encoder's queue policy refusing a request
+# (`longdoc export --max-queue-size / --queue-timeout-us`: UNAVAILABLE at the encoder).
 NOT_RUN_MESSAGES = (
-    "no available versions", "is not healthy", "exceeds maximum queue size",
-    "request timeout expired",
+    "no available versions", "is not healthy", "server not ready",
+    "exceeds maximum queue size", "request timeout expired",
 )  # fmt: skip
 # aiohttp: could not connect / the server closed the connection before answering (Triton
 # closes idle keep-alive connections when it stops).
@@ -138,16 +138,18 @@ def error_text(exc: BaseException) -> str:
     return text
 
 
-def is_retryable(exc: BaseException) -> bool:
+def is_retryable(exc: BaseException, read_only: bool = False) -> bool:
     """True when the server did not run the request, so sending it again is safe and
     useful; False after any timeout (the client's own deadline: the request may still be
-    running) and for every answer the server did give (bad input, internal errors)."""
+    running) and for every answer the server did give (bad input, internal errors).
+    ``read_only`` calls (metadata, health) also retry any other connection failure (a
+    reset while a server restarts): repeating them costs the server nothing."""
     status = status_of(exc)
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) or status in (
         "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED",
     ):  # fmt: skip
         return False
-    if isinstance(exc, ConnectionRefusedError):
+    if isinstance(exc, ConnectionRefusedError) or (read_only and isinstance(exc, OSError)):
         return True
     if any(cls.__name__ in CONNECTION_ERRORS for cls in type(exc).__mro__):
         return True

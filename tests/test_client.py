@@ -66,6 +66,8 @@ def test_wire_headers():
             "[request id: <id_unknown>] Exceeds maximum queue size", "StatusCode.INTERNAL"),
          True),
         (InferenceServerException("[request id: 1] Request timeout expired", "500"), True),
+        (InferenceServerException("in ensemble 'document_classifier', Model encoder - Error "
+                                  "when running inference: Server not ready", "500"), True),
         (ConnectionRefusedError(111, "Connection refused"), True),
         # the client's own deadline, and every answer the server did give: never retried
         (InferenceServerException("Deadline Exceeded", "StatusCode.DEADLINE_EXCEEDED"), False),
@@ -81,6 +83,17 @@ def test_wire_headers():
 )  # fmt: skip
 def test_retry_rule(exc, retry):
     assert transport.is_retryable(exc) is retry
+
+
+def test_read_only_calls_retry_any_connection_failure():
+    """Metadata and health calls cost the server nothing: a reset connection (a server
+    restarting) is retried there, but not for an inference, which may have run."""
+    reset = ConnectionResetError(104, "Connection reset by peer")
+    assert not transport.is_retryable(reset)
+    assert transport.is_retryable(reset, read_only=True)
+    assert not transport.is_retryable(TimeoutError(), read_only=True)  # still never
+    answer = InferenceServerException("unknown model", "StatusCode.NOT_FOUND")
+    assert not transport.is_retryable(answer, read_only=True)
 
 
 def test_error_text():
