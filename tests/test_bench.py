@@ -253,8 +253,8 @@ def test_bench_reports_unreachable_server(capsys):
 
 
 def test_bench_mixed_workload(tiny_server, tmp_path, capsys):
-    """Short documents at a fixed rate, alone and while long ones are in flight (small
-    sizes: today's server refuses more than max_chunks windows)."""
+    """Short documents at a fixed rate, alone and while long ones are in flight (a long
+    one of 70 windows: more than the encoder's max_batch_size of 64, in a few seconds)."""
     from longdoc.cli import main
 
     repo, served = tiny_server
@@ -262,21 +262,21 @@ def test_bench_mixed_workload(tiny_server, tmp_path, capsys):
     code = main([
         "bench", "--url", served.grpc_url, "--repository", str(repo), "--docs", "2",
         "--concurrency", "", "--mixed", "4", "--short-windows", "1-2", "--short-docs", "6",
-        "--long-windows", "24", "--long-inflight", "1", "--mixed-duration-s", "3",
+        "--long-windows", "70", "--long-inflight", "1", "--mixed-duration-s", "3",
         "--warmup-s", "0.5", "--no-progress", "--output", str(out),
     ])  # fmt: skip
     assert code == 0, capsys.readouterr().err[-3000:]
     result = json.loads((out / "results.json").read_text())
     assert result["points"] == [] and result["saturated"] is None
     (m,) = result["mixed"]
-    assert m["rate"] == 4.0 and m["short_windows"] == [1, 2] and m["long_windows"] == [24]
+    assert m["rate"] == 4.0 and m["short_windows"] == [1, 2] and m["long_windows"] == [70]
     alone, mixed = m["short_only"], m["mixed"]
     assert alone["docs"] > 0 and alone["errors"] == 0
     # only short documents that arrived while a long one was in flight are counted
     assert mixed["docs"] > 0 and mixed["errors"] == 0
     assert mixed["docs"] + mixed["arrived_without_long"] == mixed["sent"]
     assert mixed["long"]["done"] >= 1 and mixed["long"]["errors"] == 0
-    assert mixed["long"]["windows"] == 24 * mixed["long"]["done"]
+    assert mixed["long"]["windows"] == 70 * mixed["long"]["done"]
     assert 0.5 < mixed["long"]["coverage"] <= 1.0
     for phase in (alone, mixed):
         lat = phase["latency_ms"]
@@ -287,6 +287,6 @@ def test_bench_mixed_workload(tiny_server, tmp_path, capsys):
     assert m["p99_ratio"] == pytest.approx(mixed["latency_ms"]["p99"] / alone["latency_ms"]["p99"])
     assert m["target_p99_ratio"] == 2.0 and isinstance(m["meets_target"], bool)
     summary = (out / "summary.md").read_text()
-    assert "| 4/s | 1-2 | 24 x 1 |" in summary
+    assert "| 4/s | 1-2 | 70 x 1 |" in summary
     kinds = [r["kind"] for r in csv.DictReader((out / "results.csv").open())]
     assert kinds == ["short_only_short", "mixed_short"]

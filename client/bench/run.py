@@ -118,7 +118,8 @@ def run_bench(cfg: BenchConfig) -> dict:
     if cfg.output:
         write_results(result, Path(cfg.output))
         (Path(cfg.output) / "results.partial.json").unlink(missing_ok=True)
-        log(cfg, f"wrote {cfg.output}/results.json, results.csv, latency_throughput.png")
+        files = ", ".join(sorted(p.name for p in Path(cfg.output).iterdir() if p.is_file()))
+        log(cfg, f"wrote {cfg.output}: {files}")
     return result
 
 
