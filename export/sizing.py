@@ -48,13 +48,16 @@ def chunker_instances_for(chunks_per_s: float, ms_per_chunk: float = TOKENIZER_M
 # How the dispatcher feeds the encoder (README "Long documents", BENCHMARKS.md "Mixed
 # workload"). A short document waits behind at most slice_windows x inflight_slices windows
 # of a long one (the encoder queue is FIFO; a BLS request has no priority in Triton 2.51).
-# CPU: a MiniLM window costs ~120 ms on 2 cores and one onnxruntime call per window is the
-# fastest anyway, so small slices cost nothing in throughput and keep short documents fair.
-# GPU: 2 x 32 windows keep both encoder instances on batches of 32 (the preferred size)
-# while a short document waits behind at most one such batch (~20 ms of bert-large).
+# CPU: a MiniLM window costs 120-400 ms on 2 cores and one onnxruntime call per window is
+# the fastest anyway, so one-window slices cost ~1% in throughput (a BLS round trip and the
+# batching delay per window) and a short document waits behind one window of a long one.
+# GPU: 2 x 8 windows, one slice per encoder instance: 8 x 512 tokens is a 4,096-row GEMM,
+# near the tensor cores' peak, and a short document waits behind ~5 ms of bert-large (8 x
+# 335 GFLOP at ~500 TFLOP/s) instead of ~40 ms behind a batch of 32-64; several long
+# documents in flight still fill batches of 32-64 between them.
 # dispatcher_instances: documents in flight at once (each holds an instance until read).
-CPU_DISPATCH = dict(dispatcher_instances=4, slice_windows=2, inflight_slices=1)
-GPU_DISPATCH = dict(dispatcher_instances=8, slice_windows=32, inflight_slices=2)
+CPU_DISPATCH = dict(dispatcher_instances=4, slice_windows=1, inflight_slices=1)
+GPU_DISPATCH = dict(dispatcher_instances=8, slice_windows=8, inflight_slices=2)
 
 # Defaults per profile for the ServingOptions fields left at None. portable/cpu: measured
 # on 2-core CPU machines (BENCHMARKS.md); gpu: bert-large at 512 tokens on one H100/H200.

@@ -262,3 +262,55 @@ def test_150k_token_document_default_export_plain_tritonclient(
     assert int(raw[contract.NUM_CHUNKS][0]) == expected.num_chunks
     np.testing.assert_allclose(raw[contract.CHUNK_LOGITS], expected.chunk_logits, atol=ATOL)
     np.testing.assert_allclose(raw[contract.LOGITS], expected.logits, atol=ATOL)
+
+
+def peak_memory(pid: int) -> dict[str, dict[str, float]]:
+    """Per server process (tritonserver, each stub by model instance): peak resident memory
+    (VmHWM) and current RSS, MiB, from /proc/PID/status."""
+    from loadgen import SERVER_PROCESSES, _proc_mib, _server_processes
+
+    out: dict[str, dict[str, float]] = {}
+    for proc in _server_processes(pid, SERVER_PROCESSES):
+        try:
+            cmd = proc.cmdline()
+            mib = _proc_mib(proc.pid, "status", ("VmHWM", "VmRSS"))
+        except OSError:
+            continue
+        stub = proc.name().startswith("triton_python") and len(cmd) > 2
+        name = cmd[-2] if stub else proc.name()
+        out[name] = {"peak_rss_mb": round(mib["VmHWM"], 1), "rss_mb": round(mib["VmRSS"], 1)}
+    return out
+
+
+@pytest.mark.slow
+def test_million_token_document_bounded_memory(export_repo, serve, tokenizer, short_docs):
+    """A real document of a million tokens (3.7 MB, under the 4 MB byte limit): read whole
+    (2,618 windows, the transformer head in 11 segments), every server process's peak
+    resident memory recorded (RELIABILITY.md), the server still answering afterwards."""
+    from loadgen import save_results
+
+    count = lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids)  # noqa: E731
+    text = corpus.document(1_000_000, seed=7, count_tokens=count)
+    assert count(text) >= 1_000_000 and len(text.encode()) <= ChunkingConfig().max_bytes
+    repo, _ = export_repo(preset="tiny", head="transformer")
+    served = serve(repo)
+    try:
+        model = load_preset("tiny", "transformer", num_labels=3)
+        expected = reference(model, [text])[0]
+        idle = peak_memory(served.process.pid)
+        client = DocumentClassifierClient(served.grpc_url, "grpc", timeout_s=3600)
+        got = client.classify([text])[0]
+        after = peak_memory(served.process.pid)
+        assert_same(got, expected, "transformer")
+        assert got.num_chunks == windows_for(count(text)) >= 2600
+        later = DocumentClassifierClient(served.grpc_url, "grpc").classify(short_docs[:4])
+        assert all(r.ok for r in later)
+    finally:
+        served.stop()
+    save_results("long_documents.json", "million_tokens", {
+        "tokens": count(text), "bytes": len(text.encode()), "windows": got.num_chunks,
+        "model": "tiny preset, transformer head, portable, fp32, default chunking",
+        "after_start": idle, "after_document": after,
+    })  # fmt: skip
+    for name, mem in after.items():
+        assert mem["peak_rss_mb"] < 2048, (name, mem)  # bounded (figures: RELIABILITY.md)
