@@ -314,3 +314,49 @@ def test_million_token_document_bounded_memory(export_repo, serve, tokenizer, sh
     })  # fmt: skip
     for name, mem in after.items():
         assert mem["peak_rss_mb"] < 2048, (name, mem)  # bounded (figures: RELIABILITY.md)
+
+
+PROBE_CONFIG = """name: "probe"
+backend: "python"
+max_batch_size: 0
+input [ { name: "X", data_type: TYPE_INT32, dims: [ 1 ] } ]
+output [ { name: "RESULT", data_type: TYPE_STRING, dims: [ 1 ] } ]
+instance_group [ { kind: KIND_CPU, count: 1 } ]
+"""
+PROBE_MODEL = """
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        try:
+            pb_utils.InferenceRequest(model_name="probe", inputs=[], requested_output_names=[],
+                                      priority=1)
+            result = "accepted"
+        except TypeError as exc:
+            result = "TypeError: " + str(exc).splitlines()[0]
+        out = pb_utils.Tensor("RESULT", np.array([result.encode()], dtype=object))
+        return [pb_utils.InferenceResponse([out]) for _ in requests]
+"""
+
+
+def test_bls_requests_carry_no_priority_in_this_triton(serve, tmp_path):
+    """Why the bulk class is the dispatcher's pacing and not Triton priorities: a BLS
+    request cannot carry a priority in Triton 2.51, so an ensemble request's priority stops
+    at the Python step (cf. server issue #6055). If a newer Triton accepts it, this fails:
+    then give long documents a lower priority on the encoder (priority_levels)."""
+    import tritonclient.grpc as grpcclient
+
+    (tmp_path / "probe" / "1").mkdir(parents=True)
+    (tmp_path / "probe" / "config.pbtxt").write_text(PROBE_CONFIG)
+    (tmp_path / "probe" / "1" / "model.py").write_text(PROBE_MODEL)
+    served = serve(tmp_path)
+    try:
+        client = grpcclient.InferenceServerClient(served.grpc_url)
+        x = grpcclient.InferInput("X", [1], "INT32")
+        x.set_data_from_numpy(np.array([1], dtype=np.int32))
+        result = client.infer("probe", [x]).as_numpy("RESULT")[0].decode()
+    finally:
+        served.stop()
+    assert result.startswith("TypeError"), result
