@@ -23,16 +23,16 @@ run() {  # name repo bench-args...
   echo "   rc $? end $(date -u +%H:%M:%S) load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/runs.log"
   stop
 }
-ONLY=${ONLY:-minilm_fp32 minilm_int8 base_fp32 base_int8 large_fp32 large_int8}
+ONLY=${ONLY:-large_fp32 large_int8 minilm_fp32 minilm_int8 base_fp32 base_int8}
 for n in $ONLY; do case $n in
-  minilm_fp32) run minilm_fp32 $R/minilm_fp32 --docs 24 --concurrency 1,4 --ceiling \
-      --peers belt,hf_pipeline,optimum,naive --baseline-time-limit 150 --checkpoint $R/minilm-cls ;;
-  minilm_int8) run minilm_int8 $R/minilm_int8 --docs 24 --concurrency 1,4 --ceiling \
+  minilm_fp32) run minilm_fp32 $R/minilm_fp32 --docs 16 --concurrency 1 --ceiling \
+      --peers belt,hf_pipeline,optimum,naive --baseline-time-limit 90 --checkpoint $R/minilm-cls ;;
+  minilm_int8) run minilm_int8 $R/minilm_int8 --docs 16 --concurrency 1 --ceiling \
       --reference-repository $R/minilm_fp32 --checkpoint $R/minilm-cls ;;
   base_fp32) run base_fp32 $R/base_fp32 --docs 6 --seed 1 --concurrency 1 \
-      --peers belt --baseline-time-limit 200 --preset bert-base-uncased ;;
+      --peers belt --baseline-time-limit 120 --preset bert-base-uncased ;;
   base_int8) run base_int8 $R/base_int8 --docs 6 --seed 1 --concurrency 1 \
-      --peers belt --baseline-time-limit 200 --preset bert-base-uncased \
+      --peers belt --baseline-time-limit 120 --preset bert-base-uncased \
       --reference-repository $R/base_fp32 ;;
   large_fp32) run large_fp32 $R/large_fp32 --docs 6 --seed 1 --concurrency 1 --ceiling ;;
   large_int8) run large_int8 $R/large_int8 --docs 6 --seed 1 --concurrency 1 --ceiling \
