@@ -417,7 +417,9 @@ def test_gpu_check_script_cpu_smoke(tmp_path):
     sections = report["sections"]
     assert {k: v["status"] for k, v in sections.items()} == {
         "parity": "pass", "throughput": "pass", "tokenizer": "pass", "gemm": "skipped",
+        "training": "pass",
     }  # fmt: skip
+    assert sections["training"]["windows_per_s"] > 0
     assert sections["parity"]["variants"]["ort-cpu-fp16"]["passed"]
     assert "FLOAT16" in sections["parity"]["fp16_weights"]
     rows = sections["throughput"]["results"]
