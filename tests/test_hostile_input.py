@@ -458,7 +458,7 @@ def test_chunker_refuses_over_byte_limit_before_tokenizing(repo, monkeypatch):
     requests = [{"TEXT": _FakeTensor("TEXT", np.array([d], dtype=object))} for d in docs.values()]
     responses = chunker.execute(requests)
     at_limit, over, euro, huge = responses
-    assert at_limit.error is None and len(at_limit.output_tensors) == 4
+    assert at_limit.error is None and len(at_limit.output_tensors) == 5  # with TOTAL_CHUNKS
     for response, size in ((over, 1001), (euro, 1002), (huge, 50_000_000)):
         assert response.error is not None and response.error.code == "INVALID_ARG"
         assert f"document is {size} bytes, over the limit of 1000 bytes" in response.error.message
