@@ -110,6 +110,9 @@ class ChunkTransformerLayer(nn.Module):
         return self.norm2(x + self.dropout(self.ffn(x)))
 
 
+POSITION_INIT_STD = 0.02
+
+
 class TransformerHead(nn.Module):
     """Chunk embeddings + chunk-position embeddings -> small transformer (padding masked)
     -> per-chunk logits; the document's logits are their masked mean."""
@@ -127,6 +130,10 @@ class TransformerHead(nn.Module):
         super().__init__()
         self.max_positions = max_positions
         self.position = nn.Embedding(max_positions, hidden_size)
+        # BERT's initializer range, not nn.Embedding's N(0, 1): window vectors of a frozen
+        # sentence encoder have per-dimension spreads of a few hundredths, and unit-variance
+        # positions drown them (measured: the head then stays at the class prior).
+        nn.init.normal_(self.position.weight, std=POSITION_INIT_STD)
         self.layers = nn.ModuleList(
             ChunkTransformerLayer(hidden_size, num_heads, ffn or 2 * hidden_size, dropout)
             for _ in range(layers)

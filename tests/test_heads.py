@@ -175,3 +175,49 @@ def test_transformer_head_onnx_follows_the_same_rule_at_every_length(tmp_path):
         np.testing.assert_allclose(out["LOGITS"], logits.numpy(), atol=1e-5)
         np.testing.assert_allclose(out["CHUNK_LOGITS"], chunk_logits.numpy(), atol=1e-5)
         assert out["CHUNK_LOGITS"].shape == (chunks, L)
+
+
+@pytest.mark.parametrize("head", ["mean-pool", "transformer"])
+def test_heads_learn_a_subtle_signal_at_sentence_encoder_scale(head):
+    """Window vectors the size a frozen sentence encoder gives (per-dimension spread ~0.25,
+    class signal ~0.05): both vector heads must learn it. The transformer head's position
+    embeddings once had nn.Embedding's N(0, 1) init, which drowned such a signal (0.655 here) and left the
+    kernel-docs head at the class prior (0.227)."""
+    torch.set_num_threads(1)
+    dim, labels, n = 128, 8, 400
+    g = torch.Generator().manual_seed(0)
+    means = torch.randn(labels, dim, generator=g) * 0.05
+
+    def documents(count):
+        y = torch.randint(0, labels, (count,), generator=g)
+        xs = [means[k] + 0.25 * torch.randn(int(torch.randint(1, 9, (1,), generator=g)), dim,
+                                             generator=g) for k in y]  # fmt: skip
+        return xs, y
+
+    def pad(xs):
+        x = torch.zeros(len(xs), max(len(v) for v in xs), dim)
+        mask = torch.zeros(x.shape[:2], dtype=torch.int64)
+        for i, v in enumerate(xs):
+            x[i, : len(v)], mask[i, : len(v)] = v, 1
+        return x, mask
+
+    train, y_train = documents(n)
+    test, y_test = documents(200)
+    torch.manual_seed(0)
+    model = make_aggregator(head, dim, labels)
+    lr = 1e-3 if head == "transformer" else 1e-2
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    for _ in range(12):
+        model.train()
+        order = torch.randperm(n)
+        for start in range(0, n, 16):
+            batch = order[start : start + 16]
+            logits, _ = model(*pad([train[i] for i in batch]))
+            loss = torch.nn.functional.cross_entropy(logits, y_train[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model(*pad(test))[0].argmax(-1) == y_test).float().mean().item()
+    assert accuracy > 0.8, f"{head}: test accuracy {accuracy:.3f} (chance {1 / labels:.3f})"
