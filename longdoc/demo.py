@@ -34,10 +34,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--repository", type=Path, default=Path("model_repository"))
     p.add_argument("--workdir", type=Path, default=Path("runs/demo"))
-    p.add_argument("--head", type=Path, default=HEAD_DIR,
-                   help="a head.json + head.safetensors directory (default: the shipped one)")
-    p.add_argument("--documents", type=Path, default=DOCUMENTS,
-                   help="labelled documents (.jsonl, .csv or label folders)")
+    p.add_argument(
+        "--head",
+        type=Path,
+        default=HEAD_DIR,
+        help="a head.json + head.safetensors directory (default: the shipped one)",
+    )
+    p.add_argument(
+        "--documents",
+        type=Path,
+        default=DOCUMENTS,
+        help="labelled documents (.jsonl, .csv or label folders)",
+    )
     p.add_argument("--reuse", action="store_true", help="skip export if the repository exists")
     p.set_defaults(func=run)
 

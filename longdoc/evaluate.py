@@ -94,8 +94,9 @@ def predict_checkpoint(
             else:
                 ids = torch.from_numpy(rows[0][None, :])
                 vectors = model.encoder(ids, torch.ones_like(ids))
-            out, _ = model.aggregator(vectors.unsqueeze(0), torch.ones((1, len(vectors)),
-                                                                       dtype=torch.int64))
+            out, _ = model.aggregator(
+                vectors.unsqueeze(0), torch.ones((1, len(vectors)), dtype=torch.int64)
+            )
             logits.append(out[0].float().numpy())
             counts.append(len(vectors))
     return Predictions(model.labels, np.stack(logits), counts)
@@ -187,10 +188,17 @@ def build_report(examples: list[Example], preds: Predictions, num_tokens: list[i
         "per_class": report["per_class"],
         "confusion_matrix": report["confusion_matrix"],
         "predictions": [
-            {"id": e.id, "label": e.label, "predicted": labels[int(p)], "num_tokens": int(n),
-             "num_chunks": int(c), "logits": [round(float(x), 6) for x in row]}
-            for e, p, n, c, row in zip(examples, y_pred, num_tokens, preds.num_chunks,
-                                       preds.logits, strict=True)
+            {
+                "id": e.id,
+                "label": e.label,
+                "predicted": labels[int(p)],
+                "num_tokens": int(n),
+                "num_chunks": int(c),
+                "logits": [round(float(x), 6) for x in row],
+            }
+            for e, p, n, c, row in zip(
+                examples, y_pred, num_tokens, preds.num_chunks, preds.logits, strict=True
+            )
         ],  # fmt: skip
     }
     return out
@@ -276,8 +284,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
     p.add_argument("--data", type=Path, required=True, help="label folders, .jsonl or .csv")
     p.add_argument("--output", type=Path, required=True, help="report.json (+ report.png)")
-    p.add_argument("--no-cache", action="store_true",
-                   help="recompute every window with PyTorch, even for a frozen encoder")
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="recompute every window with PyTorch, even for a frozen encoder",
+    )
     p.add_argument("--cache-dir", type=Path)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)

@@ -281,8 +281,11 @@ def compute_features(
     for s in shards:
         (entry / f"part-{s:06d}.npz").unlink()
     seconds = time.perf_counter() - started
-    meta = {"windows": int(offsets[-1]), "seconds": round(seconds, 1),
-            "windows_per_s": round(windows_done / seconds, 2) if windows_done else None}
+    meta = {
+        "windows": int(offsets[-1]),
+        "seconds": round(seconds, 1),
+        "windows_per_s": round(windows_done / seconds, 2) if windows_done else None,
+    }
     (entry / "timing.json").write_text(json.dumps(meta) + "\n")
     if windows_done:
         log(f"features: {windows_done} windows in {seconds:.0f} s -> {entry}")

@@ -245,8 +245,11 @@ def build_head_module(head: str, hidden: int, num_labels: int, cfg: TrainConfig)
 def head_options(cfg: TrainConfig) -> dict:
     if cfg.head != "transformer":
         return {}
-    options = {"layers": cfg.layers, "num_heads": cfg.num_heads,
-               "max_positions": max(cfg.max_positions, cfg.chunking_config().max_chunks)}
+    options = {
+        "layers": cfg.layers,
+        "num_heads": cfg.num_heads,
+        "max_positions": max(cfg.max_positions, cfg.chunking_config().max_chunks),
+    }
     if cfg.ffn:
         options["ffn"] = cfg.ffn
     return options  # fmt: skip
@@ -622,9 +625,12 @@ def train_end_to_end(cfg: TrainConfig, encoder_dir: Path, train_ex, val_ex, labe
                 docs.append((ids[keep], mask[keep]))
             step_windows += sum(len(d[0]) for d in docs)
             logits = _forward_documents(model, docs, autocast)
-            loss = torch.nn.functional.cross_entropy(
-                logits, torch.as_tensor(y_train[batch], device=device)
-            ) / cfg.grad_accum
+            loss = (
+                torch.nn.functional.cross_entropy(
+                    logits, torch.as_tensor(y_train[batch], device=device)
+                )
+                / cfg.grad_accum
+            )
             (scaler.scale(loss) if scaler else loss).backward()
             losses.append(loss.item() * cfg.grad_accum)
             bar.update(1)
@@ -916,8 +922,12 @@ def add_chunking_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("chunking (recorded in the checkpoint; export reuses it)")
     g.add_argument("--max-length", type=int, default=512)
     g.add_argument("--overlap", type=int, default=128)
-    g.add_argument("--max-chunks", type=int, default=0,
-                   help="cap on the windows per document (0: every window, as served)")
+    g.add_argument(
+        "--max-chunks",
+        type=int,
+        default=0,
+        help="cap on the windows per document (0: every window, as served)",
+    )
     g.add_argument("--overflow", choices=OVERFLOW_POLICIES, default="error")
     g.add_argument("--strategy", choices=STRATEGIES, default="fixed")
 
@@ -937,8 +947,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", choices=("tfidf",), help="TF-IDF + logistic regression instead")
     p.add_argument("--freeze-encoder", action="store_true",
                    help="train the head on cached window vectors")  # fmt: skip
-    p.add_argument("--window", choices=WINDOW_MODES, default="chunks",
-                   help="head_tail: one window of the first 128 + last 382 tokens (baseline)")
+    p.add_argument(
+        "--window",
+        choices=WINDOW_MODES,
+        default="chunks",
+        help="head_tail: one window of the first 128 + last 382 tokens (baseline)",
+    )
     add_chunking_args(p)
     t = p.add_argument_group("optimisation")
     t.add_argument("--epochs", type=int, default=10)
@@ -949,25 +963,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--encoder-lr", type=float, default=3e-5)
     t.add_argument("--weight-decay", type=float, default=0.01)
     t.add_argument("--dropout", type=float, default=0.1)
-    t.add_argument("--train-windows", type=int, metavar="K",
-                   help="sample K windows per document per step (all at evaluation)")
+    t.add_argument(
+        "--train-windows",
+        type=int,
+        metavar="K",
+        help="sample K windows per document per step (all at evaluation)",
+    )
     t.add_argument("--grad-accum", type=int, default=1)
     t.add_argument("--patience", type=int, default=3, help="early stopping (epochs)")
-    t.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto",
-                   help="autocast (auto: bf16/fp16 on CUDA, off on CPU)")
-    t.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction,
-                   default=None, help="default: on for CUDA end to end")
+    t.add_argument(
+        "--amp",
+        choices=("auto", "off", "bf16", "fp16"),
+        default="auto",
+        help="autocast (auto: bf16/fp16 on CUDA, off on CPU)",
+    )
+    t.add_argument(
+        "--gradient-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="default: on for CUDA end to end",
+    )
     t.add_argument("--device", default="auto")
-    t.add_argument("--threads", type=int, default=0,
-                   help="torch CPU threads (0: 1 for frozen heads, default end to end)")
+    t.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0: 1 for frozen heads, default end to end)",
+    )
     t.add_argument("--cache-dir", type=Path, help="feature cache (default runs/cache)")
     h = p.add_argument_group("transformer head")
     h.add_argument("--layers", type=int, default=2)
     h.add_argument("--num-heads", type=int, default=4)
     h.add_argument("--ffn", type=int)
     h.add_argument("--max-positions", type=int, default=256)
-    p.add_argument("--init-from", type=Path, metavar="DIR",
-                   help="end to end: start from the head of a (frozen) `longdoc train` output")
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        metavar="DIR",
+        help="end to end: start from the head of a (frozen) `longdoc train` output",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--output", type=Path, required=True)
     p.set_defaults(func=run)

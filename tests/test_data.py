@@ -79,7 +79,7 @@ def test_cli_builds_the_corpus(deb, tmp_path):
 
 
 def _examples():
-    return [("a b c " * 20, "x"), ("d e f " * 20, "y"), ("g, h \"i\"\nj", "x")]
+    return [("a b c " * 20, "x"), ("d e f " * 20, "y"), ('g, h "i"\nj', "x")]
 
 
 def test_readers_agree(tmp_path):

@@ -181,8 +181,8 @@ def test_transformer_head_onnx_follows_the_same_rule_at_every_length(tmp_path):
 def test_heads_learn_a_subtle_signal_at_sentence_encoder_scale(head):
     """Window vectors the size a frozen sentence encoder gives (per-dimension spread ~0.25,
     class signal ~0.05): both vector heads must learn it. The transformer head's position
-    embeddings once had nn.Embedding's N(0, 1) init, which drowned such a signal (0.655 here) and left the
-    kernel-docs head at the class prior (0.227)."""
+    embeddings once had nn.Embedding's N(0, 1) init, which drowned such a signal (0.655
+    here) and left the kernel-docs head at the class prior (0.227)."""
     torch.set_num_threads(1)
     dim, labels, n = 128, 8, 400
     g = torch.Generator().manual_seed(0)

@@ -84,8 +84,13 @@ def test_train_export_serve_evaluate(dataset, tmp_path, serve, head, frozen):
         "onnxruntime": evaluate(dataset["test"], repository=repo, progress=False, plot=False),
     }  # fmt: skip
     if frozen:
-        reports["cache"] = evaluate(dataset["test"], checkpoint=tmp_path / "ckpt",
-                                    cache_dir=dataset["cache"], progress=False, plot=False)
+        reports["cache"] = evaluate(
+            dataset["test"],
+            checkpoint=tmp_path / "ckpt",
+            cache_dir=dataset["cache"],
+            progress=False,
+            plot=False,
+        )
     served = serve(repo)
     reports["server"] = evaluate(dataset["test"], url=served.grpc_url, output=tmp_path / "r.json")
     assert (tmp_path / "r.png").is_file()

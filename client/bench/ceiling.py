@@ -235,9 +235,7 @@ def measure_gemm(
         _quantize(fp32, path, int8 or INT8_DEFAULT)
     session = _session(path, threads)
     lead = [shape["batch"]] if shape["batch"] > 1 else []
-    a = np.random.default_rng(1).standard_normal([*lead, shape["m"], shape["k"]]).astype(
-        np.float32
-    )
+    a = np.random.default_rng(1).standard_normal([*lead, shape["m"], shape["k"]]).astype(np.float32)
     timing = time_runs(lambda: session.run(None, {"A": a}), min_time_s)
     flops = _flops(shape)
     out = shape | {

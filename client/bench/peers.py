@@ -128,9 +128,14 @@ def run_hf_pipeline(model, texts: list[str], time_limit_s: float) -> dict:
 
     with torch.inference_mode():
         labels, lat = _timed(classify, texts, time_limit_s)
-    return {"labels": labels, "latencies": lat, "description": (
-        f"transformers pipeline('text-classification', truncation=True, max_length="
-        f"{max_length}), PyTorch {torch.__version__}, {torch.get_num_threads()} threads")}
+    return {
+        "labels": labels,
+        "latencies": lat,
+        "description": (
+            f"transformers pipeline('text-classification', truncation=True, max_length="
+            f"{max_length}), PyTorch {torch.__version__}, {torch.get_num_threads()} threads"
+        ),
+    }
 
 
 def run_optimum(model, texts: list[str], time_limit_s: float) -> dict:
@@ -284,8 +289,10 @@ def run_peers(
         if "error" in result:
             log(f"peer {peer} failed: {result['error'][-300:]}")
         else:
-            log(f"peer {peer}: {result['docs']} docs in {result['seconds']:.1f} s, "
-                f"{result['tokens_per_s']:,.0f} tokens/s, peak {result['peak_rss_mb']:.0f} MB")
+            log(
+                f"peer {peer}: {result['docs']} docs in {result['seconds']:.1f} s, "
+                f"{result['tokens_per_s']:,.0f} tokens/s, peak {result['peak_rss_mb']:.0f} MB"
+            )
             if served_labels:
                 labels = dict(enumerate(result["labels"]))
                 common = sorted(set(labels) & set(served_labels))
@@ -378,8 +385,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m longdoc.client.bench.peers",
                                 description=__doc__.split("\n\n")[0])  # fmt: skip
     p.add_argument("--repository", required=True)
-    p.add_argument("--peer", choices=PEERS, action="append",
-                   help="repeatable (default: all); with --texts: run this one peer here")
+    p.add_argument(
+        "--peer",
+        choices=PEERS,
+        action="append",
+        help="repeatable (default: all); with --texts: run this one peer here",
+    )
     p.add_argument("--texts", help=argparse.SUPPRESS)  # child mode: a JSON list of texts
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--docs", type=int, default=8)
