@@ -24,7 +24,13 @@ from longdoc.client import transport
 from longdoc import contract
 
 MODEL = contract.ENSEMBLE
-RAW_OUTPUTS = (contract.LOGITS, contract.NUM_CHUNKS, contract.CHUNK_LOGITS, contract.CHUNK_SPANS)
+RAW_OUTPUTS = (
+    contract.LOGITS,
+    contract.NUM_CHUNKS,
+    contract.TOTAL_CHUNKS,
+    contract.CHUNK_LOGITS,
+    contract.CHUNK_SPANS,
+)
 
 
 @dataclass
@@ -35,7 +41,8 @@ class Classification:
     label: str | None = None
     probabilities: dict[str, float] = field(default_factory=dict)  # label -> p, all labels
     logits: np.ndarray | None = None  # [L], label order of `labels`
-    num_chunks: int = 0
+    num_chunks: int = 0  # windows read
+    total_chunks: int = 0  # windows in the document (more than read only under a --max-chunks cap)
     chunk_logits: np.ndarray | None = None  # [n_chunks, L]
     chunk_spans: np.ndarray | None = None  # [n_chunks, 2] character offsets
     labels: list[str] = field(default_factory=list)
@@ -246,5 +253,6 @@ def _fill(result: Classification, response) -> None:
     result.probabilities = probabilities
     result.label = labels[int(np.argmax(logits))]
     result.num_chunks = int(response.as_numpy(contract.NUM_CHUNKS).reshape(-1)[0])
+    result.total_chunks = int(response.as_numpy(contract.TOTAL_CHUNKS).reshape(-1)[0])
     result.chunk_logits = response.as_numpy(contract.CHUNK_LOGITS)
     result.chunk_spans = response.as_numpy(contract.CHUNK_SPANS)

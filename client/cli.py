@@ -32,8 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="classify documents with a running server",
         description=(
             "Send documents to the document_classifier ensemble and print one JSON line per "
-            "document on stdout: id, label, probabilities, num_chunks (and with --explain the "
-            "passage with the highest chunk score). A document that cannot be read or sent "
+            "document on stdout: id, label, probabilities, num_chunks (windows read),"
+            " total_chunks (windows in the document) and, with --explain, the "
+            "passage with the highest chunk score. A document that cannot be read or sent "
             "(e.g. JSON text with a lone surrogate) or that the server refuses gets an "
             '"error" line; the others are classified. Exits 1 if any document failed.'
         ),
@@ -122,6 +123,7 @@ def to_record(result, text: bytes | str, top_k: int | None, explain: bool) -> di
         "label": result.label,
         "probabilities": dict(result.top(top_k or len(result.probabilities))),
         "num_chunks": result.num_chunks,
+        "total_chunks": result.total_chunks,
     }
     if explain:
         index = result.best_chunk()

@@ -215,6 +215,7 @@ def test_classify_sends_headers(locked, tmp_path, capsys, protocol):
     assert code == 0, err
     (record,) = [json.loads(line) for line in out.splitlines()]
     assert record["id"] == str(doc) and record["label"] and record["num_chunks"] >= 1
+    assert record["total_chunks"] == record["num_chunks"]
     code = main([*base, "--header", "admin-key:wrong-key-0123456789"])
     assert code == 3
 

@@ -208,6 +208,8 @@ def test_opt_in_cap_reads_what_it_says(tiny_server, long_docs):
         == chunk_text(text, load_tokenizer_of(model), ChunkingConfig()).num_chunks
     )
     np.testing.assert_allclose(raw[contract.LOGITS], expected.logits, atol=ATOL)
+    result = DocumentClassifierClient(served.grpc_url).classify([text])[0]
+    assert (result.num_chunks, result.total_chunks) == (8, int(raw[contract.TOTAL_CHUNKS][0]))
 
 
 def load_tokenizer_of(model):
