@@ -99,3 +99,19 @@ def test_client_extra_alone_classifies(client_venv, export_repo, serve, tmp_path
         assert all(r["label"] and r["num_chunks"] >= 1 for r in records)
     help_text = _run([longdoc, "--help"], env=env, cwd=tmp_path, timeout=60).stdout
     assert "classify" in help_text
+
+
+def test_extras_by_role():
+    """No extra but `triton` (and `all`) pulls a tritonserver: the GPU image installs
+    `serve` next to NVIDIA's own Triton, a laptop gets one from `triton`."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+
+    def names(extra: str) -> set[str]:
+        return {req.split("[")[0].split("=")[0].strip() for req in extras[extra]}
+
+    assert "nvidia-pytriton" in names("triton") and "longdoc" in names("triton")
+    for role in ("client", "serve", "export", "train", "bench"):
+        assert "nvidia-pytriton" not in names(role), role
+    assert "triton" in extras["all"][0] and "serve" in extras["all"][0]
+    assert names("client") == {"tritonclient"}

@@ -14,6 +14,10 @@ for row in "$@"; do
       truncation) args="--head mean-pool --max-length 512 --overlap 128 --max-chunks 1 --overflow head";;
       head-tail)  args="--head mean-pool --window head_tail $CH";;
       tfidf)      args="--baseline tfidf"; [ $seed -gt 0 ] && continue;;
+      # the window x overlap sweep (mean-pool): sweep-W-O; the cap scales with the window
+      # (64 windows of 512 tokens), so every row reads about the same span of a document
+      sweep-*)    w=${row#sweep-}; o=${w#*-}; w=${w%-*}
+                  args="--head mean-pool --max-length $w --overlap $o --max-chunks $(( 64 * 512 / w )) --overflow head_tail";;
       chunks-*)   k=${row#chunks-}; args="--head mean-pool --max-length 512 --overlap 128 --max-chunks $k --overflow head_tail";;
       transformer) args="--head transformer $CH"; LR="--lr 1e-3";;
       *)          args="--head $row $CH";;

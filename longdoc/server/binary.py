@@ -60,7 +60,7 @@ def _pytriton_root() -> Path:
     raise FileNotFoundError(
         "no tritonserver on PATH and none in the nvidia-pytriton wheel "
         f"(looked in {', '.join(str(c) for c in candidates)}); "
-        "install nvidia-pytriton or put Triton's bin/ on PATH"
+        "pip install 'longdoc[triton]' (nvidia-pytriton) or put Triton's bin/ on PATH"
     )
 
 
