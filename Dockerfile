@@ -20,6 +20,7 @@ COPY pyproject.toml ./
 COPY longdoc ./longdoc
 COPY export ./export
 COPY client ./client
+COPY bench ./bench
 # the Python-backend model.py files, shipped in the wheel as longdoc.model_sources
 COPY model_repository ./model_repository
 RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
@@ -56,6 +57,7 @@ COPY pyproject.toml ./
 COPY longdoc ./longdoc
 COPY export ./export
 COPY client ./client
+COPY bench ./bench
 # The committed Python-backend sources that `longdoc export` copies into a repository.
 COPY model_repository ./model_repository
 # Editable: export finds model_repository/ next to its own sources, as in a checkout.

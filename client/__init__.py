@@ -1,5 +1,7 @@
-"""longdoc.client: classify documents with a running server (``DocumentClassifierClient``),
-and benchmark it (``longdoc.client.bench``).
+"""longdoc.client: classify documents with a running server (``DocumentClassifierClient``).
+
+The benchmark, which needs onnxruntime and torch for its baselines, is ``longdoc.bench``
+(the top-level ``bench/`` folder), so that a client-only install holds none of them.
 
 ``longdoc[client]`` (tritonclient, numpy, tqdm) is all this needs: nothing here imports
 torch, onnxruntime or tokenizers, and the names below are imported on first use, so

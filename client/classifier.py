@@ -84,8 +84,12 @@ def encode_text(text: str | bytes) -> bytes:
 class DocumentClassifierClient:
     """Classify documents with a running `document_classifier`.
 
-    ``timeout_s`` is each document's deadline (all its attempts together); ``retries`` and
-    ``backoff_s`` apply only to failures where the server did not run the request;
+    ``timeout_s`` is each document's deadline (all its attempts together). Failures where
+    the server did not run the request (unavailable, restarting, queue full) are retried
+    with jittered exponential backoff (``backoff_s`` doubling up to ``max_backoff_s``) for
+    as long as the deadline allows; ``retries`` caps the number of retries (``None``: no
+    cap, the deadline decides), so a restart or an overload burst that outlasts a fixed
+    count on a slow machine does not lose documents;
     ``headers`` go with every call (e.g. ``{"admin-key": KEY}`` for a locked-down API).
 
     >>> client = DocumentClassifierClient("127.0.0.1:8001", protocol="grpc")
@@ -98,8 +102,9 @@ class DocumentClassifierClient:
         protocol: str = "grpc",
         model: str = MODEL,
         timeout_s: float = 120.0,
-        retries: int = 4,
+        retries: int | None = None,
         backoff_s: float = 0.5,
+        max_backoff_s: float = 4.0,
         headers: dict[str, str] | None = None,
     ) -> None:
         self.protocol = transport.check_protocol(protocol)
@@ -110,6 +115,7 @@ class DocumentClassifierClient:
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
         self.headers = transport.wire_headers(headers, self.protocol)
         self._labels: list[str] | None = None
 
@@ -152,9 +158,11 @@ class DocumentClassifierClient:
             try:
                 return await call(remaining)
             except Exception as exc:
-                if attempt >= self.retries or not transport.is_retryable(exc, read_only):
+                capped = self.retries is not None and attempt >= self.retries
+                if capped or not transport.is_retryable(exc, read_only):
                     raise
-                delay = self.backoff_s * (2**attempt) * (0.5 + random.random())
+                step = min(self.max_backoff_s, self.backoff_s * 2 ** min(attempt, 30))
+                delay = step * (0.5 + random.random())
                 if time.perf_counter() + delay >= deadline:
                     raise  # no time left for another attempt: report this error
                 await asyncio.sleep(delay)

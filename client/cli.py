@@ -8,9 +8,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from longdoc.client.transport import DEFAULT_PORTS, PROTOCOLS, default_url, parse_header
-
-from longdoc import contract
+from longdoc.cli_options import UsageError, add_server_args, server_kwargs
 
 EPILOG = """inputs:
   FILE.txt        one document per file (UTF-8)
@@ -36,36 +34,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             " total_chunks (windows in the document) and, with --explain, the "
             "passage with the highest chunk score. A document that cannot be read or sent "
             "(e.g. JSON text with a lone surrogate) or that the server refuses gets an "
-            '"error" line; the others are classified. Exits 1 if any document failed.'
+            '"error" line; the others are classified. Exits 1 if any document failed, 3 if '
+            "the server could not be reached (nothing was classified)."
         ),
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", help="files, directories, .jsonl files or - (stdin)")
-    p.add_argument(
-        "--url", help=f"server address (default 127.0.0.1:{DEFAULT_PORTS['grpc']} gRPC, "
-        f":{DEFAULT_PORTS['http']} HTTP)",
-    )  # fmt: skip
-    p.add_argument("--protocol", choices=PROTOCOLS, default="grpc")
-    p.add_argument("--model", default=contract.ENSEMBLE)
-    p.add_argument(
-        "--header", type=parse_header, action="append", default=[], metavar="NAME:VALUE",
-        help="send this header with every request (repeatable), e.g. admin-key:KEY for a "
-        "server started with --restrict-api (sent as triton-grpc-protocol-admin-key over gRPC)",
-    )  # fmt: skip
+    add_server_args(p)
     p.add_argument("--concurrency", type=int, default=8, help="documents in flight")
-    p.add_argument("--top-k", type=int, default=None, help="probabilities to print (all)")
+    p.add_argument("--top-k", type=int, default=None, help="probabilities to print (default: all)")
     p.add_argument("--explain", action="store_true", help="print the decisive passage")
-    p.add_argument(
-        "--timeout", type=float, default=120.0, metavar="S",
-        help="deadline per document in seconds, retries included; a document past it fails "
-        "and is never sent again (default: %(default)s)",
-    )  # fmt: skip
-    p.add_argument(
-        "--retries", type=int, default=4,
-        help="retries while the server did not run the request (unavailable, restarting, "
-        "connection refused) (default: %(default)s)",
-    )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=run)
 
@@ -92,12 +70,12 @@ def iter_documents(inputs: list[str]) -> Iterator[tuple[str, bytes | str]]:
                         text = record["text"]
                     except (ValueError, KeyError, TypeError) as exc:
                         message = f"{path}:{number}: not a {{id, text}} record ({exc})"
-                        raise SystemExit(message) from None
+                        raise UsageError(message) from None
                     yield str(record.get("id", f"{path}:{number}")), str(text)
         elif path.is_file():
             yield str(path), path.read_bytes()
         else:
-            raise SystemExit(f"longdoc classify: error: {item}: no such file or directory")
+            raise UsageError(f"{item}: no such file or directory")
 
 
 def dumps(record: dict) -> str:
@@ -144,22 +122,17 @@ def run(args: argparse.Namespace) -> int:
 
     documents = list(iter_documents(args.inputs))
     if not documents:
-        print("longdoc classify: error: no documents found", file=sys.stderr)
-        return 2
-    if args.timeout <= 0:
-        print("longdoc classify: error: --timeout must be > 0", file=sys.stderr)
-        return 2
-    client = DocumentClassifierClient(
-        args.url or default_url(args.protocol), args.protocol, model=args.model,
-        timeout_s=args.timeout, retries=args.retries, headers=dict(args.header),
-    )  # fmt: skip
+        raise UsageError("no documents found")
+    client = DocumentClassifierClient(**server_kwargs(args))
     show = len(documents) > 3 and not args.no_progress
     bar = tqdm(total=len(documents), unit="doc", file=sys.stderr, disable=not show)
     try:
         results = client.classify(
-            [text for _, text in documents], ids=[doc_id for doc_id, _ in documents],
-            concurrency=args.concurrency, on_result=lambda _: bar.update(),
-        )  # fmt: skip
+            [text for _, text in documents],
+            ids=[doc_id for doc_id, _ in documents],
+            concurrency=args.concurrency,
+            on_result=lambda _: bar.update(),
+        )
     except ServerUnavailable as exc:
         print(_printable(f"longdoc classify: error: server unavailable: {exc}"), file=sys.stderr)
         return 3

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from longdoc import contract
+from longdoc.cli_options import (
+    CommandFailed,
+    UsageError,
+    add_chunking_args,
+    add_output_arg,
+    chunking_from_args,
+    config_from_args,
+    existing_dir,
+)
 
 HEAD_CHOICES = contract.HEADS
 
@@ -25,66 +33,52 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Convert a fine-tuned BERT checkpoint (or a preset architecture with random "
             "weights) and its pooling head to ONNX, at the chosen precision, write the Triton "
             "model repository for a serving profile, and check the ONNX pipeline against "
-            "PyTorch on real documents (non-zero exit past tolerance)."
+            "PyTorch on real documents (exit 1 past tolerance)."
         ),
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", type=Path, help="Hugging Face checkpoint directory")
     src.add_argument(
-        "--preset", choices=contract.PRESETS,
+        "--checkpoint", type=existing_dir, metavar="DIR", help="Hugging Face checkpoint directory"
+    )
+    src.add_argument(
+        "--preset",
+        choices=contract.PRESETS,
         help="architecture with seeded random weights (latency work, tests)",
-    )  # fmt: skip
-    p.add_argument("--output", type=Path, required=True, help="model repository to write")
+    )
+    add_output_arg(p, "the model repository")
     p.add_argument(
-        "--head", choices=HEAD_CHOICES, type=_head,
+        "--head",
+        choices=HEAD_CHOICES,
+        type=_head,
         help="pooling head (default: from head.json, else logits-mean for a classifier)",
-    )  # fmt: skip
+    )
     p.add_argument("--random-head", action="store_true", help="seeded random pooling head")
     p.add_argument("--num-labels", type=int, default=2, help="labels of a random head/preset")
     p.add_argument("--seed", type=int, default=0, help="seed of random weights")
-    p.add_argument("--tokenizer", type=Path, help="directory with tokenizer.json")
     p.add_argument(
-        "--precision", choices=contract.PRECISIONS,
+        "--tokenizer",
+        type=existing_dir,
+        metavar="DIR",
+        help="directory with tokenizer.json (default: the checkpoint's)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=contract.PRECISIONS,
         help="encoder precision (default: fp16 for --profile gpu, else fp32)",
-    )  # fmt: skip
-    p.add_argument("--profile", choices=contract.PROFILES, default="portable")
+    )
+    p.add_argument(
+        "--profile",
+        choices=contract.PROFILES,
+        default="portable",
+        help="portable: python backend, any Triton; cpu, gpu: the onnxruntime backend",
+    )
     p.add_argument("--tensorrt", action="store_true", help="gpu profile: TensorRT FP16 engines")
-    g = p.add_argument_group("chunking (must match how the model was fine-tuned)")
-    g.add_argument("--max-length", type=int, help="window length in tokens (default 512)")
-    g.add_argument("--overlap", type=int, help="tokens shared by neighbours (default 128)")
-    g.add_argument(
-        "--max-chunks",
-        type=int,
-        help="opt-in cap on the windows read per document, past it --overflow decides "
-        "(default 0: every window)",
+    add_chunking_args(
+        p,
+        "chunking (must match how the model was fine-tuned; a flag not given keeps what the "
+        "checkpoint recorded, else the default shown)",
     )
-    g.add_argument(
-        "--overflow",
-        choices=contract.OVERFLOW_POLICIES,
-        help="past --max-chunks: error, head (first N) or head_tail (both ends)",
-    )
-    g.add_argument(
-        "--max-windows",
-        type=int,
-        help="safety limit on the windows one document may send (default 20000)",
-    )
-    g.add_argument(
-        "--strategy",
-        choices=contract.STRATEGIES,
-        help="fixed: full windows, a short last one; balanced: tokens spread evenly over "
-        "the windows (default: fixed)",
-    )
-    g.add_argument(
-        "--seq-buckets",
-        type=int,
-        nargs="+",
-        metavar="N",
-        help="lengths windows are padded to, the smallest that fits (default: 128 256 384 "
-        "512); max-length is always one",
-    )
-    g.add_argument("--max-bytes", type=int, help="largest accepted document in bytes")
     s = p.add_argument_group("serving")
     s.add_argument(
         "--max-batch-size",
@@ -119,8 +113,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="encoder batch sizes Triton aims for (default: per profile)",
     )
     s.add_argument("--queue-delay-us", type=int, help="batching delay (default: per profile)")
-    s.add_argument("--chunker-instances", type=int, help="(default: per profile)")
-    s.add_argument("--encoder-instances", type=int, help="(default: per profile)")
+    s.add_argument("--chunker-instances", type=int, help="tokenizing models (default: per profile)")
+    s.add_argument("--encoder-instances", type=int, help="encoder models (default: per profile)")
     s.add_argument("--ort-threads", type=int, default=0, help="onnxruntime threads (0: all)")
     s.add_argument(
         "--ort-batch",
@@ -157,46 +151,30 @@ def _head(value: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Exit 2 for what cannot be exported (a missing checkpoint, flags that do not fit
+    together), 1 when the export ran and failed (parity past tolerance)."""
     from longdoc.export.pipeline import ExportSpec
     from longdoc.export.pipeline import run as run_export
     from longdoc.export.sizing import ServingOptions
 
-    chunking = {
-        key: value
-        for key, value in {
-            "max_length": args.max_length, "overlap": args.overlap,
-            "max_chunks": args.max_chunks, "overflow": args.overflow,
-            "strategy": args.strategy, "max_bytes": args.max_bytes,
-            "max_windows": args.max_windows,
-            "seq_buckets": tuple(args.seq_buckets) if args.seq_buckets else None,
-        }.items()
-        if value is not None
-    }  # fmt: skip
     if args.tensorrt and args.profile != "gpu":
-        print("longdoc export: error: --tensorrt needs --profile gpu", file=sys.stderr)
-        return 2
-    precision = args.precision or ("fp16" if args.profile == "gpu" else "fp32")
-    preferred = tuple(args.preferred_batch_sizes) if args.preferred_batch_sizes else None
-    serving = ServingOptions(
-        max_batch_size=args.max_batch_size, queue_delay_us=args.queue_delay_us,
-        preferred_batch_sizes=preferred,
-        chunker_instances=args.chunker_instances, encoder_instances=args.encoder_instances,
-        ort_threads=args.ort_threads, ort_batch=args.ort_batch, tensorrt=args.tensorrt,
-        response_cache=args.response_cache,
-        max_queue_size=args.max_queue_size, queue_timeout_us=args.queue_timeout_us,
-        slice_windows=args.slice_windows, inflight_slices=args.inflight_slices,
-        dispatcher_instances=args.dispatcher_instances,
-    )  # fmt: skip
-    spec = ExportSpec(
-        output=args.output, checkpoint=args.checkpoint, preset=args.preset, head=args.head,
-        precision=precision, profile=args.profile, random_head=args.random_head,
-        num_labels=args.num_labels, seed=args.seed, tokenizer=args.tokenizer, chunking=chunking,
-        serving=serving, skip_parity=args.skip_parity,
-    )  # fmt: skip
+        raise UsageError("--tensorrt needs --profile gpu")
+    preferred = args.preferred_batch_sizes
+    serving = config_from_args(
+        ServingOptions, args, preferred_batch_sizes=tuple(preferred) if preferred else None
+    )
+    spec = config_from_args(
+        ExportSpec,
+        args,
+        precision=args.precision or ("fp16" if args.profile == "gpu" else "fp32"),
+        chunking=chunking_from_args(args),
+        serving=serving,
+    )
     try:
         report = run_export(spec, log=lambda msg: print(msg, file=sys.stderr))
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"longdoc export: error: {exc}", file=sys.stderr)
-        return 1
+    except RuntimeError as exc:  # parity.ParityError: the export ran, its check failed
+        raise CommandFailed(str(exc)) from None
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
     print(f"wrote {args.output} ({report['precision']}, profile {report['profile']})")
     return 0

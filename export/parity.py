@@ -7,6 +7,9 @@ document logits:
 * fp16 and int8: bounds measured on the real all-MiniLM-L6-v2 weights with a seeded
   classifier (logits of order 1-5) over the parity documents, then given headroom; see
   README.md "Precision and parity" for the measured values.
+
+The bounds are ``longdoc.presets.TOLERANCES`` (re-exported here as ``TOLERANCES``): the
+GPU checks compare against the same numbers without importing onnxruntime.
 """
 
 from __future__ import annotations
@@ -18,12 +21,11 @@ import numpy as np
 
 from longdoc import corpus
 from longdoc.checkpoint import LoadedModel
+from longdoc.contract import ENCODER, ONNX_FILE
+from longdoc.presets import TOLERANCES
 from longdoc.reference import classify as reference_classify
 from longdoc.runtime import OnnxPipeline
 
-# Measured on MiniLM (seeded classifier, logits-mean / transformer heads, 1-15 chunks):
-# fp16 7.2e-4, int8 0.18 (README "Precision and parity"); the bounds give headroom.
-TOLERANCES = {"fp32": 1e-4, "fp16": 5e-3, "int8": 0.35}
 # Words per parity document: 1 window up to ~10 windows of 512 tokens.
 DEFAULT_LENGTHS = (25, 300, 1_000, 3_200)
 
@@ -74,12 +76,16 @@ def check(
     texts: list[str] | None = None,
     tolerance: float | None = None,
     checked: str = "",
+    encoder: Path | None = None,
 ) -> ParityReport:
-    """Compare the repository's ONNX files (in-process onnxruntime) with PyTorch."""
+    """Compare the repository's ONNX files (in-process onnxruntime) with PyTorch.
+    ``encoder``: the encoder graph to check (default: the repository's ``model.onnx``,
+    whatever this CPU would serve)."""
     texts = texts or parity_texts()
     tolerance = TOLERANCES[precision] if tolerance is None else tolerance
     expected = reference_classify(model, texts)
-    got = OnnxPipeline(repository).classify(texts)
+    encoder = encoder or Path(repository) / ENCODER / "1" / ONNX_FILE
+    got = OnnxPipeline(repository, encoder=encoder).classify(texts)
     delta = max(float(np.abs(e.logits - g.logits).max()) for e, g in zip(expected, got))
     delta_chunks = max(
         float(np.abs(e.chunk_logits - g.chunk_logits).max()) for e, g in zip(expected, got)

@@ -24,6 +24,10 @@ The export report, ``export_report.json`` at the repository root (``REPORT_FORMA
   reading the graph);
 * ``parity`` (absent with ``--skip-parity``): ``export.parity.ParityReport``; its
   ``precision`` is that of the graph checked and ``checked`` says which file that was;
+* ``int8`` (INT8 exports only): the ``quantize_dynamic`` settings, the exporting CPU's
+  instruction sets and integer kernel path (``vnni`` or ``avx2``), and what INT8 gives on
+  such a CPU (``longdoc.machine.int8_serving_note``); ``longdoc serve`` says the same of
+  the serving CPU, which may differ;
 * ``seconds``: how long the export took.
 """
 
@@ -38,9 +42,10 @@ from pathlib import Path
 from longdoc.export import parity, precision, repository, sizing, to_onnx
 from longdoc.export.graph import onnx_facts
 
+from longdoc import machine
 from longdoc.checkpoint import LoadedModel, load_checkpoint, load_preset
 from longdoc.chunking import ChunkingConfig
-from longdoc.contract import AGGREGATOR, ENCODER, EXPORT_REPORT, ONNX_FILE
+from longdoc.contract import AGGREGATOR, ENCODER, EXPORT_REPORT, FP32_FALLBACK_FILE, ONNX_FILE
 
 REPORT_FORMAT = 1
 
@@ -122,10 +127,17 @@ def run(spec: ExportSpec, log=print) -> dict:
         fused = not (spec.profile == "gpu" and serving.tensorrt)
         log(f"converting encoder: {spec.precision}{'' if fused else ' (plain graph, TensorRT)'}")
         encoder_path.parent.mkdir(parents=True, exist_ok=True)
+        # portable INT8: the FP32 graph goes along, served on CPUs without VNNI
+        fallback = encoder_path.with_name(FP32_FALLBACK_FILE)
         precision.convert(
-            plain, encoder_path, spec.precision, model.num_attention_heads, model.hidden_size,
+            plain,
+            encoder_path,
+            spec.precision,
+            model.num_attention_heads,
+            model.hidden_size,
             fused=fused,
-        )  # fmt: skip
+            fp32_fallback=fallback if spec.profile == "portable" else None,
+        )
     log("exporting aggregator to ONNX (FP32)...")
     to_onnx.export_aggregator(model, aggregator_path)
     repository.write_chunker_files(out, model.tokenizer_path, model.chunking)
@@ -146,6 +158,15 @@ def run(spec: ExportSpec, log=print) -> dict:
         "aggregator": onnx_facts(aggregator_path),
         "architecture": architecture(model),
     }
+    if spec.precision == "int8":
+        report["int8"] = {
+            "settings": precision.INT8_SETTINGS,
+            "export_cpu": {"isa": machine.isa(), "kernels": machine.int8_kernel_path()},
+            "note": machine.int8_serving_note(),
+            # what the portable encoder serves on a CPU without VNNI (None: INT8 everywhere)
+            "fp32_fallback": FP32_FALLBACK_FILE if fallback.is_file() else None,
+        }
+        log(report["int8"]["note"])
     if not spec.skip_parity:
         # The check runs the encoder file in the repository: label it with that file's
         # precision (with --tensorrt the FP32 plain graph, not TensorRT's FP16 engines).
@@ -162,6 +183,19 @@ def run(spec: ExportSpec, log=print) -> dict:
         )
         log(result.summary())
         report["parity"] = result.to_dict()
+        if fallback.is_file():
+            what = f"{ENCODER}/1/{FP32_FALLBACK_FILE} (fp32 graph, served on CPUs without VNNI)"
+            log(f"checking parity of the FP32 fallback: {what}...")
+            extra = parity.check(
+                model,
+                out,
+                "fp32",
+                parity.parity_texts(spec.parity_lengths),
+                checked=what,
+                encoder=fallback,
+            )
+            log(extra.summary())
+            report["int8"]["fp32_fallback_parity"] = extra.to_dict()
     report["seconds"] = round(time.perf_counter() - started, 1)
     (out / EXPORT_REPORT).write_text(json.dumps(report, indent=2) + "\n")
     if "parity" in report and not report["parity"]["passed"]:
@@ -169,5 +203,11 @@ def run(spec: ExportSpec, log=print) -> dict:
             f"parity failed: max |delta logits| {report['parity']['max_abs_logits']:.3g} > "
             f"{report['parity']['tolerance']:g} or argmax agreement "
             f"{report['parity']['argmax_agreement']:.0%} too low (report: {out}/{EXPORT_REPORT})"
+        )
+    fallback_parity = report.get("int8", {}).get("fp32_fallback_parity")
+    if fallback_parity and not fallback_parity["passed"]:
+        raise parity.ParityError(
+            f"parity of the FP32 fallback failed: max |delta logits| "
+            f"{fallback_parity['max_abs_logits']:.3g} (report: {out}/{EXPORT_REPORT})"
         )
     return report

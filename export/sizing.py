@@ -15,19 +15,15 @@ from dataclasses import asdict, dataclass, field, replace
 
 from longdoc.chunking import ChunkingConfig
 from longdoc.contract import AGGREGATOR, CHUNKER, DISPATCHER, ENCODER, PROFILE_BACKENDS, PROFILES
+from longdoc.presets import CHUNKER_HEADROOM, GPU_CEILING_CHUNKS_PER_S
 
 # --- measured or assumed rates (docs/GPU.md "The arithmetic", "Chunker instances") ----
+# The GPU ceiling (DESIGN.md: bert-large, 512 tokens, ~335 GFLOP per chunk at ~790 TFLOP/s
+# -> ~2,350 chunks/s) and the chunker headroom come from longdoc.presets, which gpu_checks
+# reads too.
 # 2-core AMD EPYC dev machine (gpu_checks/results/): tokenizer + windowing ~0.5 ms of one
-# core per 512-token window; a served 1-window document ~0.7 ms in the chunker.
+# core per 512-token window.
 TOKENIZER_MS_PER_CHUNK = 0.5
-CHUNKER_MS_PER_SHORT_DOCUMENT = 0.7
-# DESIGN.md: bert-large, 512 tokens: ~335 GFLOP per chunk; ~790 TFLOP/s dense FP16 on one
-# H100/H200 -> ~2,350 chunks/s ceiling; TensorRT reaches ~65% of peak -> ~1,500 chunks/s.
-BERT_LARGE_GFLOP_PER_CHUNK = 335
-GPU_FP16_TFLOPS = 790
-GPU_CEILING_CHUNKS_PER_S = 2350
-# chunker capacity / GPU rate: room for short documents, bursts and slower server cores
-CHUNKER_HEADROOM = 3
 # Heads with at least this many weights run their aggregator on the GPU (gpu profile):
 # a transformer head over 1024-d vectors (16.8M) costs 1.75-12.9 ms per document on a core.
 AGGREGATOR_GPU_MIN_PARAMS = 4_000_000

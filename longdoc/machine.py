@@ -76,3 +76,15 @@ def machine_info() -> dict:
     except OSError:
         pass
     return info
+
+
+def int8_serving_note(flags: set[str] | None = None) -> str:
+    """What serving an INT8 encoder on this CPU gives, in one line (export and `longdoc
+    serve` print it; BENCHMARKS.md "INT8 on CPUs with and without VNNI" has the figures)."""
+    path = int8_kernel_path(flags)
+    if path == "vnni":
+        return "INT8 kernels: VNNI (u8 x s8 summed in int32): INT8 is the fastest CPU option"
+    return (
+        f"INT8 kernels: {path.upper()} without VNNI: onnxruntime's INT8 encoder was measured "
+        "no faster than FP32 on such CPUs (BENCHMARKS.md); serve an FP32 export on this machine"
+    )

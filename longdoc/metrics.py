@@ -1,8 +1,15 @@
-"""Classification metrics, length buckets and paired tests (numpy only)."""
+"""Classification metrics, length buckets and paired tests.
+
+The counting is the libraries': the confusion matrix and per-class precision, recall and F1
+come from scikit-learn, McNemar's exact test from SciPy. What is ours is the report's shape
+(the JSON ``longdoc evaluate`` writes), macro-F1 over the classes present in the data, the
+length buckets and the paired bootstrap. The libraries are imported when a function runs,
+so importing this module (``longdoc --help`` does) stays cheap.
+"""
 
 from __future__ import annotations
 
-import math
+import warnings
 
 import numpy as np
 
@@ -11,33 +18,51 @@ LENGTH_BUCKETS = (("up to 512", 0, 512), ("513-2048", 513, 2048), ("over 2048", 
 
 
 def confusion_matrix(y_true, y_pred, num_labels: int) -> np.ndarray:
-    """``[true, predicted]`` counts."""
-    matrix = np.zeros((num_labels, num_labels), dtype=np.int64)
-    for t, p in zip(y_true, y_pred, strict=True):
-        matrix[int(t), int(p)] += 1
-    return matrix
+    """``[true, predicted]`` counts over label indices ``0 .. num_labels - 1`` (every class
+    has its row and column, documents or not)."""
+    from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"{len(y_true)} true labels but {len(y_pred)} predictions")
+    if not len(y_true):  # scikit-learn refuses empty input; an empty length bucket is not
+        return np.zeros((num_labels, num_labels), dtype=np.int64)
+    with warnings.catch_warnings():  # a one-label model's 1x1 matrix is the right shape
+        warnings.filterwarnings("ignore", message="A single label was found", category=UserWarning)
+        matrix = sk_confusion_matrix(y_true, y_pred, labels=np.arange(num_labels))
+    return matrix.astype(np.int64)
 
 
-def per_class(matrix: np.ndarray) -> list[dict]:
-    """Precision, recall, F1 and support per class (0 where undefined)."""
-    rows = []
-    for k in range(matrix.shape[0]):
-        tp = float(matrix[k, k])
-        predicted = float(matrix[:, k].sum())
-        support = int(matrix[k, :].sum())
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        rows.append({"precision": precision, "recall": recall, "f1": f1, "support": support})
-    return rows
+def per_class(y_true, y_pred, num_labels: int) -> list[dict]:
+    """Precision, recall, F1 and support per class (0 where undefined: a class never
+    predicted has precision 0, a class with no documents recall 0)."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    if not len(y_true):
+        zero = {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+        return [dict(zero) for _ in range(num_labels)]
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=np.arange(num_labels), average=None, zero_division=0.0
+    )
+    return [
+        {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for p, r, f, s in zip(precision, recall, f1, support, strict=True)
+    ]
 
 
 def classification_report(y_true, y_pred, labels: list[str]) -> dict:
-    """Accuracy, macro-F1 (over classes present in ``y_true``), per-class figures, matrix."""
+    """Accuracy, macro-F1 (over classes present in ``y_true``), per-class figures, matrix.
+
+    Macro-F1 leaves out classes with no documents in ``y_true`` (scikit-learn's
+    ``average="macro"`` would count them as 0 over all ``labels``): a length bucket or a
+    test split without some class is not penalised for it."""
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
     matrix = confusion_matrix(y_true, y_pred, len(labels))
-    classes = per_class(matrix)
+    classes = per_class(y_true, y_pred, len(labels))
     present = [c for c in classes if c["support"] > 0]
     return {
         "documents": int(len(y_true)),
@@ -67,19 +92,20 @@ def by_length(y_true, y_pred, num_tokens, labels: list[str]) -> dict:
 
 
 def mcnemar(correct_a, correct_b) -> dict:
-    """Exact (binomial) two-sided McNemar test on paired correctness."""
+    """Exact (binomial) two-sided McNemar test on paired correctness.
+
+    Only the discordant pairs count: under the null hypothesis each one is as likely to
+    favour ``a`` as ``b``, so ``only_a_correct ~ Binomial(n, 1/2)``. The exact test, not the
+    chi-square approximation, because the discordant counts here are small (tens)."""
+    from scipy.stats import binomtest
+
     a = np.asarray(correct_a, dtype=bool)
     b = np.asarray(correct_b, dtype=bool)
     only_a = int((a & ~b).sum())
     only_b = int((~a & b).sum())
     n = only_a + only_b
-    if n == 0:
-        p = 1.0
-    else:
-        k = min(only_a, only_b)
-        tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-        p = min(1.0, 2 * tail)
-    return {"only_a_correct": only_a, "only_b_correct": only_b, "p_value": p}
+    p = 1.0 if n == 0 else float(binomtest(only_a, n, 0.5, alternative="two-sided").pvalue)
+    return {"only_a_correct": only_a, "only_b_correct": only_b, "p_value": min(1.0, p)}
 
 
 def bootstrap_difference(correct_a, correct_b, samples: int = 10_000, seed: int = 0) -> dict:

@@ -33,11 +33,14 @@ from longdoc.contract import (
     ENCODER_OUTPUT,
     ENSEMBLE,
     EXPORT_REPORT,
+    FP32_FALLBACK_FILE,
     INPUT_IDS,
+    INT8_KERNELS_ENV,
     LABELS_FILE,
     ONNX_FILE,
     TOKENIZER_FILE,
 )
+from longdoc.machine import int8_kernel_path
 from longdoc.results import DocumentResult
 
 __all__ = [
@@ -53,6 +56,24 @@ __all__ = [
 def config_param(model_config: dict, key: str, default: str) -> str:
     """A string parameter of a Triton model config (the JSON the Python backend gets)."""
     return model_config.get("parameters", {}).get(key, {}).get("string_value", default)
+
+
+def int8_kernels() -> str:
+    """The integer kernel path this CPU runs (``vnni``, ``avx2``, ``other``); the
+    ``LONGDOC_INT8_KERNELS`` variable overrides it (tests, or to force a choice)."""
+    return os.environ.get(INT8_KERNELS_ENV) or int8_kernel_path()
+
+
+def encoder_file(directory: str | Path, onnx_file: str = ONNX_FILE) -> Path:
+    """The encoder graph to serve from ``directory`` on this CPU: ``onnx_file``, except
+    where an INT8 export ships its FP32 graph too (``model_fp32.onnx``) and this CPU has
+    no VNNI: there INT8 is no faster than FP32 and its AVX2 kernels saturate (DESIGN.md,
+    BENCHMARKS.md "INT8 on CPUs with and without VNNI"), so the FP32 graph is served."""
+    directory = Path(directory)
+    fallback = directory / FP32_FALLBACK_FILE
+    if fallback.is_file() and int8_kernels() != "vnni":
+        return fallback
+    return directory / onnx_file
 
 
 def make_session(
@@ -76,13 +97,20 @@ class OnnxPipeline:
     """chunk -> encoder (batched) -> aggregator, over a model repository's files."""
 
     def __init__(
-        self, repository: str | Path, threads: int | None = None, max_batch: int = 64
+        self,
+        repository: str | Path,
+        threads: int | None = None,
+        max_batch: int = 64,
+        encoder: str | Path | None = None,
     ) -> None:
+        """``encoder``: the encoder graph to run (default: what `encoder_file` serves on
+        this CPU; parity names the INT8 file itself)."""
         repo = Path(repository)
         self.tokenizer = load_tokenizer(repo / CHUNKER / "1" / TOKENIZER_FILE)
         self.chunking = ChunkingConfig.load(repo / CHUNKER / "1" / CHUNKING_FILE)
         self.labels = read_labels(repo / ENSEMBLE / LABELS_FILE)
-        self.encoder = make_session(repo / ENCODER / "1" / ONNX_FILE, threads)
+        self.encoder_path = Path(encoder) if encoder else encoder_file(repo / ENCODER / "1")
+        self.encoder = make_session(self.encoder_path, threads)
         self.aggregator = make_session(repo / AGGREGATOR / "1" / ONNX_FILE, threads)
         self.max_batch = max_batch
 

@@ -15,15 +15,97 @@ LABELS = ["contract", "filing", "report"]
 
 # Test layers. `make test-fast` runs `-m "not integration and not slow"` (unit tests, under a
 # minute); `make test` runs everything. A test that starts a tritonserver or exports a real
-# model is an integration test: marked here from the fixtures it uses (so new tests land in
-# the right layer without remembering to), or by hand with `@pytest.mark.integration`.
+# model is an integration test, by construction:
+# * it is marked from the fixtures it uses (directly or through other fixtures), so new
+#   tests land in the right layer without remembering to; a module's own fixture that
+#   starts a server or exports joins the set with `@integration_fixture`;
+# * in a test left unmarked, starting `longdoc serve`/tritonserver or exporting anything
+#   but the tiny preset fails at once with `LayerError` (`guard_unit_layer` below), so a
+#   fixture that forgot the decorator cannot slow the fast layer down unnoticed.
 INTEGRATION_FIXTURES = {"serve", "export_repo", "classifier_checkpoint"}
+
+
+def integration_fixture(*args, **kwargs):
+    """`pytest.fixture` that also marks every test using it as `integration`."""
+
+    def wrap(function):
+        INTEGRATION_FIXTURES.add(kwargs.get("name") or function.__name__)
+        return pytest.fixture(*args, **kwargs)(function)
+
+    return wrap
+
+
+class LayerError(AssertionError):
+    """A unit-layer test started a server or exported a real model."""
+
+
+def starts_a_server(argv) -> bool:
+    """Whether a command line runs tritonserver or `longdoc serve` (`--help` does not)."""
+    words = [str(a) for a in (argv if isinstance(argv, list | tuple) else [argv])]
+    if "--help" in words or "-h" in words:
+        return False
+    if any(Path(w).name == "tritonserver" for w in words):
+        return True
+    for i, word in enumerate(words[:-1]):
+        if (word in ("longdoc.cli", "longdoc") or word.endswith("/longdoc")) and (
+            words[i + 1] == "serve"
+        ):
+            return True
+    return False
 
 
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+
+
+# The test being set up or run: the guards below ask whether it is an integration test
+# (module and session fixtures are set up inside the first test that needs them).
+_CURRENT: dict = {"item": None}
+
+
+def pytest_runtest_setup(item) -> None:
+    _CURRENT["item"] = item
+
+
+def _refuse_outside_integration(what: str) -> None:
+    item = _CURRENT["item"]
+    if item is None or item.get_closest_marker("integration"):
+        return
+    # runs `longdoc serve` with settings it must refuse before starting anything
+    if what == "starts a server" and item.get_closest_marker("serve_refuses"):
+        return
+    raise LayerError(
+        f"{item.nodeid} {what} but is not marked integration (use a fixture in "
+        "INTEGRATION_FIXTURES, @integration_fixture or @pytest.mark.integration)"
+    )
+
+
+def pytest_configure(config) -> None:
+    """Guard the unit layer: starting a server or exporting a real model in a test that is
+    not marked `integration` raises `LayerError`."""
+    import subprocess
+
+    class GuardedPopen(subprocess.Popen):
+        def __init__(self, args, *rest, **kwargs):
+            if starts_a_server(args):
+                _refuse_outside_integration("starts a server")
+            super().__init__(args, *rest, **kwargs)
+
+    subprocess.Popen = GuardedPopen
+    try:
+        from longdoc.export import pipeline
+    except ImportError:  # a client-only install exports nothing
+        return
+    real_run = pipeline.run
+
+    def guarded_run(spec, *args, **kwargs):
+        if spec.preset != "tiny":
+            _refuse_outside_integration(f"exports {spec.checkpoint or spec.preset}")
+        return real_run(spec, *args, **kwargs)
+
+    pipeline.run = guarded_run
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ dropped: a worker whose connection cannot even be set up reports each document i
 failed.
 
 ``MemorySampler`` samples the resident memory (RSS) of a server process tree in a thread
-(the tree is walked by ``longdoc.client.bench.measurement.server_processes``, the one walk
+(the tree is walked by ``longdoc.bench.measurement.server_processes``, the one walk
 the benchmark's CPU accounting also uses).
 ``check_outcomes`` compares every answer with the expected logits of *its own* document, so
 a crossed response (the answer of another document) is caught, not only a wrong number.
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from longdoc.client.bench.measurement import server_processes
+from longdoc.bench.measurement import server_processes
 from longdoc.client.classifier import Classification, DocumentClassifierClient, ServerUnavailable
 
 
@@ -84,7 +84,7 @@ async def _worker(
     record: Callable[[Outcome], None],
     t0: float,
     *,
-    retries: int,
+    retries: int | None,
     backoff_s: float,
     timeout_s: float,
     batch: int,
@@ -156,7 +156,7 @@ def run_load(
     documents: Sequence[tuple[str, bytes | str]],
     *,
     clients: int = 64,
-    retries: int = 4,
+    retries: int | None = None,
     backoff_s: float = 0.5,
     timeout_s: float = 60.0,
     duration_s: float | None = None,

@@ -9,7 +9,7 @@ import random
 
 import numpy as np
 import pytest
-from longdoc.client.bench import measurement, stats
+from longdoc.bench import measurement, stats
 
 from longdoc import corpus
 
@@ -111,7 +111,7 @@ def test_token_lengths_distribution():
 
 
 def test_benchmark_corpus_is_deterministic(tokenizer):
-    from longdoc.client.bench.workload import prepare_corpus
+    from longdoc.bench.workload import prepare_corpus
 
     from longdoc.chunking import ChunkingConfig
 

@@ -123,6 +123,22 @@ def test_refused_connection_retried_within_one_deadline():
     assert time.perf_counter() - started < 4
 
 
+def test_retries_last_as_long_as_the_deadline_allows():
+    """With no retry cap (the default), what the server did not run is retried until the
+    document's deadline, not until a fixed count runs out (4 retries from 10 ms would give
+    up after ~0.15 s: a restart or an overload burst on a slow machine lost documents)."""
+    from longdoc.server.launcher import free_port
+
+    client = DocumentClassifierClient(
+        f"127.0.0.1:{free_port()}", "grpc", timeout_s=1.5, backoff_s=0.01, max_backoff_s=0.05
+    )
+    assert client.retries is None
+    started = time.perf_counter()
+    with pytest.raises(ServerUnavailable, match="127.0.0.1"):
+        client.classify(["a contract"])
+    assert 1.0 < time.perf_counter() - started < 4
+
+
 class BlackHole:
     """A TCP server that accepts, reads and never answers: a server that hangs."""
 

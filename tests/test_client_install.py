@@ -4,12 +4,18 @@ Builds the wheel from this checkout, creates a new virtual environment (no syste
 packages), installs the wheel without dependencies plus only what the ``client`` extra
 names (tritonclient[grpc,http], numpy, tqdm, and what they need) from pip's configured
 index, then, inside it: imports ``longdoc.client.DocumentClassifierClient``, checks that
-torch, onnxruntime and tokenizers are not importable, and runs ``longdoc classify`` against
-a real server over gRPC and HTTP.
+torch, onnxruntime and tokenizers are not importable, that no module of the installed
+``longdoc/client/`` (nor a ``longdoc`` module it imports) imports them, and runs
+``longdoc classify`` against a real server over gRPC and HTTP.
+
+The static scan also runs on the sources without building anything (fast layer): a
+function-level import of torch in the client would pass the import probe and fail only
+when that function runs on a client-only machine.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -24,9 +30,73 @@ from longdoc import corpus
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+    "package-dir"
+]
 # what the wheel is built from (pyproject's package-dir mapping); nothing else is copied
-SOURCES = ("pyproject.toml", "README.md", "longdoc", "client", "export", "model_repository")
+SOURCES = ("pyproject.toml", "README.md", "longdoc", *PACKAGE_DIR.values())
 HEAVY = ("torch", "onnxruntime", "tokenizers", "transformers")
+
+
+def _module_file(name: str, dirs: dict[str, Path]) -> Path | None:
+    """The file of module `name` under the folders that hold its packages (longest prefix)."""
+    prefix = max((p for p in dirs if name == p or name.startswith(p + ".")), key=len, default=None)
+    if prefix is None:
+        return None
+    path = dirs[prefix].joinpath(*name[len(prefix) :].split(".")[1:])
+    for candidate in (path / "__init__.py", path.with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(file: Path, module: str) -> set[str]:
+    """Every module `file` imports, at the top or inside a function, as absolute names
+    (``from a import b`` yields ``a`` and ``a.b``: b may be a module)."""
+    package = module if file.name == "__init__.py" else module.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(file.read_text(), str(file))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def heavy_imports(package: str, dirs: dict[str, Path]) -> dict[str, list[str]]:
+    """{module: heavy modules it imports} for every module of `package` and every `longdoc`
+    module they reach by import, read with `ast` (nothing is imported)."""
+    init = _module_file(package, dirs)
+    assert init is not None and init.name == "__init__.py", f"{package}: no package there"
+    start = init.parent
+    todo = [
+        ".".join([package, *f.relative_to(start).with_suffix("").parts]).removesuffix(".__init__")
+        for f in sorted(start.rglob("*.py"))
+    ]
+    seen: set[str] = set()
+    found: dict[str, list[str]] = {}
+    while todo:
+        module = todo.pop()
+        file = _module_file(module, dirs)
+        if module in seen or file is None:
+            continue
+        seen.add(module)
+        imported = _imports(file, module)
+        heavy = sorted({n for n in imported if n.split(".")[0] in HEAVY})
+        if heavy:
+            found[module] = heavy
+        todo.extend(n for n in imported if n.split(".")[0] == "longdoc")
+    return found
+
+
+def source_dirs() -> dict[str, Path]:
+    """Where each part of the `longdoc` package lives in this checkout (package-dir)."""
+    return {"longdoc": ROOT / "longdoc", **{k: ROOT / v for k, v in PACKAGE_DIR.items()}}
 
 
 def _requirements() -> list[str]:
@@ -82,6 +152,9 @@ def test_client_extra_alone_classifies(client_venv, export_repo, serve, tmp_path
     assert facts["missing"] == list(HEAVY), facts  # none of them is installed there
     assert facts["client"] == "longdoc.client.classifier"
     assert str(client_venv) in facts["file"]  # the wheel, not this checkout
+    installed = Path(facts["file"]).parent  # site-packages/longdoc
+    assert (installed / "client" / "classifier.py").is_file()
+    assert heavy_imports("longdoc.client", {"longdoc": installed}) == {}
 
     repo, _ = export_repo(preset="tiny")
     served = serve(repo)
@@ -115,3 +188,14 @@ def test_extras_by_role():
         assert "nvidia-pytriton" not in names(role), role
     assert "triton" in extras["all"][0] and "serve" in extras["all"][0]
     assert names("client") == {"tritonclient"}
+
+
+def test_client_package_imports_nothing_heavy():
+    """No module of `longdoc.client`, nor a `longdoc` module it imports (even inside a
+    function), imports torch, onnxruntime, transformers or tokenizers: the benchmark, which
+    does, lives in `longdoc.bench`, outside the client package."""
+    dirs = source_dirs()
+    assert heavy_imports("longdoc.client", dirs) == {}
+    # the scan sees what it must: the benchmark reaches onnxruntime (longdoc.runtime)
+    assert "longdoc.runtime" in heavy_imports("longdoc.bench", dirs)
+    assert not (dirs["longdoc.client"] / "bench").exists()

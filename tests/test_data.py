@@ -147,8 +147,8 @@ def test_a_label_with_one_document_is_refused_naming_the_file(tmp_path):
 
     from longdoc.cli import main
 
-    assert main(["train", "--train", str(path), "--baseline", "tfidf", "--output",
-                 str(tmp_path / "out")]) == 1  # fmt: skip
+    out = str(tmp_path / "out")
+    assert main(["train", "--train", str(path), "--baseline", "tfidf", "--output", out]) == 2
 
 
 def test_unknown_label_names_the_file(tmp_path):

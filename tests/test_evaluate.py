@@ -75,7 +75,7 @@ def test_confusion_plot(tmp_path):
 def test_unknown_label_at_evaluation_names_the_file(tmp_path):
     """Evaluation refuses a label the model does not know, before computing anything."""
     from longdoc.evaluate import evaluate
-    from longdoc.train import TrainConfig, train
+    from longdoc.training import TrainConfig, train
 
     train_file = tmp_path / "train.jsonl"
     rows = [("alpha words here", "x"), ("more alpha words", "x"), ("beta text", "y"),
@@ -93,3 +93,36 @@ def test_unknown_label_at_evaluation_names_the_file(tmp_path):
 
     assert main(["evaluate", "--checkpoint", str(tmp_path / "m"), "--data", str(test_file),
                  "--output", str(tmp_path / "r.json")]) == 1  # fmt: skip
+
+
+def test_evaluation_imports_nothing_from_training():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, longdoc.evaluate, longdoc.accuracy_tables; "
+        "print(sorted(m for m in sys.modules if m.startswith('longdoc.train')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_accuracy_tables_by_hand(tmp_path, capsys):
+    """ACCURACY.md's table and paired tests from report files (the McNemar case above)."""
+    from longdoc.accuracy_tables import main
+
+    for row, correct in (("a", [1, 1, 1, 0, 1, 1]), ("b", [0, 0, 0, 1, 1, 1])):
+        folder = tmp_path / row / "seed0"
+        folder.mkdir(parents=True)
+        report = {
+            "accuracy": sum(correct) / 6,
+            "macro_f1": 0.5,
+            "by_length": {"over 2048": {"accuracy": 0.5, "documents": 2}},
+            "predictions": [{"label": "x", "predicted": "x" if c else "y"} for c in correct],
+        }
+        (folder / "test.json").write_text(json.dumps(report))
+        (folder / "training.json").write_text(json.dumps({"seconds": 12.0}))
+    assert main([str(tmp_path), "a", "b", "--pair", "a", "b"]) == 0
+    out = capsys.readouterr().out
+    assert "| a | 1 | 0.833 | 0.500 | 0.500 (2) | 12 |" in out
+    assert "McNemar 3 vs 1 discordant, p = 0.625" in out

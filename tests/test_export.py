@@ -52,6 +52,13 @@ def test_minilm_classifier_parity(export_repo, classifier_checkpoint, head, prec
     repo, report = export_repo(checkpoint=classifier_checkpoint, head=head, precision=precision)
     assert_passed(report, precision)
     assert report["labels"] == ["contract", "filing", "report"]
+    if precision == "int8":  # full-range weights for VNNI, the FP32 graph for other CPUs
+        assert report["int8"]["settings"]["reduce_range"] is False
+        assert report["int8"]["fp32_fallback"] == "model_fp32.onnx"
+        assert (repo / "encoder" / "1" / "model_fp32.onnx").is_file()
+        assert report["int8"]["fp32_fallback_parity"]["passed"]
+        assert report["int8"]["fp32_fallback_parity"]["tolerance"] == 1e-4
+        assert report["int8"]["export_cpu"]["kernels"] in ("vnni", "avx2", "other")
     if precision == "fp16":
         weights = {k for k in report["encoder"]["initializer_dtypes"]}
         assert "FLOAT16" in weights
@@ -108,8 +115,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_cli_missing_checkpoint(tmp_path):
     result = run_cli("--checkpoint", str(tmp_path / "nope"), "--output", str(tmp_path / "o"))
-    assert result.returncode != 0
-    assert "does not exist" in result.stderr
+    assert result.returncode == 2  # unusable input
+    assert "longdoc export: error: " in result.stderr and "does not exist" in result.stderr
 
 
 def test_cli_unknown_head(tmp_path):
@@ -122,14 +129,14 @@ def test_cli_overlap_not_below_window(tmp_path):
     result = run_cli(
         "--preset", "tiny", "--max-length", "128", "--overlap", "126", "--output", str(tmp_path)
     )
-    assert result.returncode == 1
-    assert "overlap" in result.stderr
+    assert result.returncode == 2  # flags that do not fit together: a usage error
+    assert "longdoc export: error: " in result.stderr and "overlap" in result.stderr
 
 
 def test_cli_bare_encoder_needs_head(tmp_path, minilm):
     result = run_cli("--checkpoint", str(minilm), "--output", str(tmp_path))
-    assert result.returncode == 1
-    assert "bare encoder" in result.stderr
+    assert result.returncode == 2  # unusable input
+    assert "longdoc export: error: " in result.stderr and "bare encoder" in result.stderr
 
 
 def test_cli_export_end_to_end(tmp_path, classifier_checkpoint):
@@ -246,3 +253,22 @@ def test_serving_stubs_never_import_torch_or_transformers(export_repo, tmp_path)
         assert probe["heavy"] == [], (name, probe["heavy"][:10])
         if name in ("encoder", "aggregator"):
             assert probe["onnxruntime"], name  # the probe did load the session
+
+
+def test_int8_encoder_file_follows_the_serving_cpu(tmp_path, monkeypatch):
+    """An INT8 directory with the FP32 graph beside it serves INT8 only on VNNI CPUs."""
+    from longdoc.runtime import encoder_file
+
+    (tmp_path / "model.onnx").write_bytes(b"int8")
+    monkeypatch.setenv("LONGDOC_INT8_KERNELS", "vnni")
+    assert encoder_file(tmp_path) == tmp_path / "model.onnx"
+    (tmp_path / "model_fp32.onnx").write_bytes(b"fp32")
+    assert encoder_file(tmp_path) == tmp_path / "model.onnx"
+    for path in ("avx2", "other"):
+        monkeypatch.setenv("LONGDOC_INT8_KERNELS", path)
+        assert encoder_file(tmp_path) == tmp_path / "model_fp32.onnx"
+    monkeypatch.delenv("LONGDOC_INT8_KERNELS")
+    from longdoc.machine import int8_kernel_path
+
+    expected = "model.onnx" if int8_kernel_path() == "vnni" else "model_fp32.onnx"
+    assert encoder_file(tmp_path).name == expected, f"this CPU: {int8_kernel_path()}"

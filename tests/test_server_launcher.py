@@ -28,6 +28,7 @@ import tritonclient.http as httpclient
 from loadgen import listening_addresses
 from tritonclient.utils import InferenceServerException
 
+from longdoc.cli_options import Parser, env_name
 from longdoc.contract import ADMIN_HEADER, ADMIN_KEY_ENV, GRPC_ADMIN_HEADER
 from longdoc.server import cli as serve_cli
 from longdoc.server.binary import find_tritonserver
@@ -353,7 +354,7 @@ def test_lock_down_flags_cannot_be_passed_through() -> None:
 
 
 def _serve_args(argv: list[str]):
-    parser = serve_cli.argparse.ArgumentParser(prog="longdoc")
+    parser = Parser(prog="longdoc")
     serve_cli.register(parser.add_subparsers(dest="command"))
     return parser.parse_args(["serve", *argv])
 
@@ -364,7 +365,7 @@ def test_every_serve_flag_reads_its_environment_variable(monkeypatch: pytest.Mon
             monkeypatch.delenv(name)
     defaults = vars(_serve_args([]))
     env = {
-        "LONGDOC_MODEL_REPOSITORY": "/models",
+        "LONGDOC_REPOSITORY": "/models",
         "LONGDOC_HOST": "0.0.0.0",
         "LONGDOC_HTTP_PORT": "8080",
         "LONGDOC_GRPC_PORT": "9001",
@@ -384,8 +385,8 @@ def test_every_serve_flag_reads_its_environment_variable(monkeypatch: pytest.Mon
         monkeypatch.setenv(name, value)
     args = _serve_args([])
     flags = {k for k in vars(args) if k not in ("command", "func")}
-    assert {serve_cli.env_name(f) for f in flags} == set(env), "a flag without its variable"
-    assert (args.model_repository, args.host, args.http_port) == ("/models", "0.0.0.0", 8080)
+    assert {env_name(f) for f in flags} == set(env), "a flag without its variable"
+    assert (args.repository, args.host, args.http_port) == ("/models", "0.0.0.0", 8080)
     assert (args.grpc_port, args.metrics_port, args.response_cache_mb) == (9001, 0, 8)
     assert args.admin_key_file == "/run/secrets/key" and args.require_admin_key is True
     assert args.restrict_api == ["statistics,model-config", "health"]
@@ -399,9 +400,14 @@ def test_every_serve_flag_reads_its_environment_variable(monkeypatch: pytest.Mon
     # An empty variable is unset.
     monkeypatch.setenv("LONGDOC_HTTP_PORT", "")
     assert _serve_args([]).http_port == 8000
+    # The old name of --repository, and its variable (images and manifests set it), work.
+    monkeypatch.delenv("LONGDOC_REPOSITORY")
+    monkeypatch.setenv("LONGDOC_MODEL_REPOSITORY", "/old")
+    assert _serve_args([]).repository == "/old"
+    assert _serve_args(["--model-repository", "/cli"]).repository == "/cli"
 
 
-def test_help_names_each_variable() -> None:
+def test_help_explains_the_variables() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "longdoc.cli", "serve", "--help"],
         cwd=ROOT,
@@ -410,15 +416,16 @@ def test_help_names_each_variable() -> None:
         timeout=60,
     )
     assert out.returncode == 0, out.stderr
-    assert "--model-repository" in out.stdout and ADMIN_HEADER in out.stdout
-    for name in ("LONGDOC_HTTP_PORT", "LONGDOC_TRITON_ARG", "LONGDOC_ADMIN_KEY_FILE"):
-        assert f"[env: {name}]" in " ".join(out.stdout.split()), name
+    assert "--repository" in out.stdout and ADMIN_HEADER in out.stdout
+    assert "--model-repository" not in out.stdout  # deprecated: hidden, still accepted
+    text = " ".join(out.stdout.split())
+    assert "reads LONGDOC_<FLAG>" in text and "LONGDOC_TRITON_ARG" in text
 
 
 def _serve(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("LONGDOC_")}
     return subprocess.run(
-        [sys.executable, "-m", "longdoc.cli", "serve", f"--model-repository={ECHO_REPO}", *argv],
+        [sys.executable, "-m", "longdoc.cli", "serve", f"--repository={ECHO_REPO}", *argv],
         cwd=ROOT,
         env={**clean, **env},
         capture_output=True,
@@ -427,6 +434,7 @@ def _serve(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[
     )
 
 
+@pytest.mark.serve_refuses
 def test_serve_refuses_bad_settings_before_starting(tmp_path: Path) -> None:
     """Exit 2 with the reason, and nothing started or written."""
     key_file = tmp_path / "key"
@@ -445,7 +453,7 @@ def test_serve_refuses_bad_settings_before_starting(tmp_path: Path) -> None:
     ):
         out = _serve(argv, env)
         assert out.returncode == 2, (argv, env, out.stdout, out.stderr)
-        assert message in out.stderr, (message, out.stderr)
+        assert "longdoc serve: error: " in out.stderr and message in out.stderr, out.stderr
         assert "tritonserver ready" not in out.stdout
     assert not (tmp_path / "logs").exists()
 
@@ -463,7 +471,7 @@ class _Cli:
             "-m",
             "longdoc.server.cli",
             "serve",
-            f"--model-repository={ECHO_REPO}",
+            f"--repository={ECHO_REPO}",
             f"--http-port={self.http}",
             f"--grpc-port={grpc}",
             f"--metrics-port={metrics}",

@@ -102,6 +102,23 @@ def test_served_reduced_precision_within_bounds(server_for, reference_model, doc
         assert np.abs(got.logits - exp.logits).max() <= TOLERANCES[precision]
 
 
+def test_int8_repository_serves_fp32_on_a_cpu_without_vnni(
+    export_repo, serve, classifier_checkpoint, minilm, reference_model, documents, monkeypatch
+):
+    """On a CPU without VNNI (forced here with LONGDOC_INT8_KERNELS=avx2) an INT8
+    repository serves its FP32 graph: logits equal the PyTorch reference (FP32 bound)."""
+    source = source_for("logits-mean", classifier_checkpoint, minilm)
+    repo, _ = export_repo(precision="int8", max_chunks=MAX_CHUNKS, **source)
+    monkeypatch.setenv("LONGDOC_INT8_KERNELS", "avx2")
+    served = serve(repo)
+    expected = reference(reference_model("logits-mean"), documents)
+    results = DocumentClassifierClient(served.http_url, "http").classify(documents)
+    for exp, got in zip(expected, results):
+        assert got.ok, got.error
+        np.testing.assert_allclose(got.logits, exp.logits, atol=TOLERANCES["fp32"])
+    served.stop()
+
+
 def test_grpc_and_http_agree_and_class_count_names_labels(server_for, documents):
     served, _ = server_for("logits-mean")
     grpc = DocumentClassifierClient(served.grpc_url, "grpc").classify(documents[:3])

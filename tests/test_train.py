@@ -17,8 +17,16 @@ from longdoc.evaluate import evaluate
 
 LABELS = ("alpha", "beta", "gamma")
 # Short windows keep a tiny model fast and still give documents of several windows.
-CHUNKING = ["--max-length", "128", "--overlap", "32", "--max-chunks", "8", "--overflow",
-            "head_tail"]  # fmt: skip
+CHUNKING = [
+    "--max-length",
+    "128",
+    "--overlap",
+    "32",
+    "--max-chunks",
+    "8",
+    "--overflow",
+    "head_tail",
+]
 
 
 def write_split(path: Path, count: int, seed: int) -> Path:
@@ -47,21 +55,39 @@ def dataset(tmp_path_factory) -> dict:
 def train_cli(dataset, head: str, output: Path, *extra: str) -> dict:
     from longdoc.cli import main
 
-    argv = ["train", "--train", str(dataset["train"]), "--validation",
-            str(dataset["validation"]), "--preset", "tiny", "--head", head, *CHUNKING,
-            "--epochs", "2", "--batch-size", "4", "--cache-dir", str(dataset["cache"]),
-            "--no-progress", "--output", str(output), *extra]  # fmt: skip
+    argv = [
+        "train",
+        "--train",
+        str(dataset["train"]),
+        "--validation",
+        str(dataset["validation"]),
+        "--preset",
+        "tiny",
+        "--head",
+        head,
+        *CHUNKING,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--cache-dir",
+        str(dataset["cache"]),
+        "--no-progress",
+        "--output",
+        str(output),
+        *extra,
+    ]
     assert main(argv) == 0
     return json.loads((output / "training.json").read_text())
 
 
 # (head, frozen?) — every head once; two of them end to end.
-CASES = [("logits-mean", True), ("logits-max", False), ("mean-pool", True),
-         ("transformer", False)]  # fmt: skip
+CASES = [("logits-mean", True), ("logits-max", False), ("mean-pool", True), ("transformer", False)]
 
 
-@pytest.mark.parametrize("head, frozen", CASES, ids=[f"{h}-{'frozen' if f else 'e2e'}"
-                                                     for h, f in CASES])  # fmt: skip
+@pytest.mark.parametrize(
+    "head, frozen", CASES, ids=[f"{h}-{'frozen' if f else 'e2e'}" for h, f in CASES]
+)
 def test_train_export_serve_evaluate(dataset, tmp_path, serve, head, frozen):
     from longdoc.export.pipeline import ExportSpec, run
 
@@ -79,10 +105,15 @@ def test_train_export_serve_evaluate(dataset, tmp_path, serve, head, frozen):
     assert report["chunking"]["max_length"] == 128 and report["head"] == head
 
     reports = {
-        "pytorch": evaluate(dataset["test"], checkpoint=tmp_path / "ckpt", use_cache=False,
-                            progress=False, plot=False),
+        "pytorch": evaluate(
+            dataset["test"],
+            checkpoint=tmp_path / "ckpt",
+            use_cache=False,
+            progress=False,
+            plot=False,
+        ),
         "onnxruntime": evaluate(dataset["test"], repository=repo, progress=False, plot=False),
-    }  # fmt: skip
+    }
     if frozen:
         reports["cache"] = evaluate(
             dataset["test"],
@@ -99,8 +130,9 @@ def test_train_export_serve_evaluate(dataset, tmp_path, serve, head, frozen):
     for name, rep in reports.items():
         assert {"accuracy", "macro_f1", "documents", "by_length"} <= set(rep), name
         assert rep["labels"] == list(LABELS)
-        assert [p["predicted"] for p in rep["predictions"]] == \
-            [p["predicted"] for p in reference["predictions"]], name  # fmt: skip
+        assert [p["predicted"] for p in rep["predictions"]] == [
+            p["predicted"] for p in reference["predictions"]
+        ], name
         logits = np.array([p["logits"] for p in rep["predictions"]])
         np.testing.assert_allclose(logits, ref_logits, atol=1e-4, err_msg=name)
         assert rep["accuracy"] == reference["accuracy"]
@@ -108,7 +140,7 @@ def test_train_export_serve_evaluate(dataset, tmp_path, serve, head, frozen):
 
 
 def test_feature_cache_is_rebuilt_when_encoder_chunking_or_data_change(dataset, tmp_path):
-    from longdoc.train import materialize_preset
+    from longdoc.checkpoint import materialize_preset
 
     cache = tmp_path / "cache"
     examples = data.read_dataset(dataset["validation"])
@@ -118,8 +150,9 @@ def test_feature_cache_is_rebuilt_when_encoder_chunking_or_data_change(dataset, 
     computed: list[str] = []
 
     def get(examples, encoder, chunking):
-        return features.compute_features(examples, encoder, chunking, cache_dir=cache,
-                                         progress=False, log=computed.append)  # fmt: skip
+        return features.compute_features(
+            examples, encoder, chunking, cache_dir=cache, progress=False, log=computed.append
+        )
 
     first = get(examples, enc_a, cfg)
     assert len(computed) == 1
@@ -127,8 +160,11 @@ def test_feature_cache_is_rebuilt_when_encoder_chunking_or_data_change(dataset, 
     assert len(computed) == 1 and again.key == first.key  # from the cache
     np.testing.assert_array_equal(again.mean, first.mean)
     other_encoder = get(examples, enc_b, cfg)
-    other_chunking = get(examples, enc_a, ChunkingConfig(max_length=128, overlap=0, max_chunks=8,
-                                                         overflow="head_tail"))  # fmt: skip
+    other_chunking = get(
+        examples,
+        enc_a,
+        ChunkingConfig(max_length=128, overlap=0, max_chunks=8, overflow="head_tail"),
+    )
     edited = [data.Example(e.id, e.text + " edited", e.label, e.source) for e in examples]
     other_data = get(edited, enc_a, cfg)
     assert len(computed) == 4
@@ -149,17 +185,18 @@ def test_cached_windows_equal_the_reference_encoder(dataset, tmp_path):
     or truncation selects from the cache are the ones the chunker would cut."""
     import torch
 
-    from longdoc.checkpoint import load_checkpoint
+    from longdoc.checkpoint import load_checkpoint, materialize_preset
     from longdoc.chunking import chunk_text, load_tokenizer
+    from longdoc.features import feature_chunking, select_features
     from longdoc.reference import encode_chunks
-    from longdoc.train import feature_chunking, materialize_preset, select_features
 
     cache = tmp_path / "cache"
     encoder = materialize_preset("tiny", 0, cache)
     examples = data.read_dataset(dataset["test"])
     wanted = ChunkingConfig(max_length=128, overlap=32, max_chunks=2, overflow="head_tail")
-    feats = features.compute_features(examples, encoder, feature_chunking(wanted, "chunks"),
-                                      cache_dir=cache, progress=False)  # fmt: skip
+    feats = features.compute_features(
+        examples, encoder, feature_chunking(wanted, "chunks"), cache_dir=cache, progress=False
+    )
     selected = select_features(feats, examples, wanted, "chunks", "mean")
     model = load_checkpoint(encoder, "mean-pool", random_head=True, chunking=wanted)
     tokenizer = load_tokenizer(model.tokenizer_path)
@@ -184,8 +221,19 @@ def test_head_tail_window():
 def test_preset_tiny_end_to_end_code_path(dataset, tmp_path):
     """The GPU recipe's branches (autocast, gradient checkpointing, window sampling, gradient
     accumulation, max steps) run on CPU with the tiny preset; seeded runs repeat exactly."""
-    extra = ["--amp", "bf16", "--gradient-checkpointing", "--train-windows", "2",
-             "--grad-accum", "2", "--max-steps", "2", "--seed", "5"]  # fmt: skip
+    extra = [
+        "--amp",
+        "bf16",
+        "--gradient-checkpointing",
+        "--train-windows",
+        "2",
+        "--grad-accum",
+        "2",
+        "--max-steps",
+        "2",
+        "--seed",
+        "5",
+    ]
     first = train_cli(dataset, "mean-pool", tmp_path / "a", *extra)
     assert first["amp"] == "bf16" and first["gradient_checkpointing"] is True
     assert first["steps"] == 2 and first["windows_per_s"] > 0
@@ -211,11 +259,237 @@ def test_end_to_end_warm_start_from_a_frozen_head(dataset, tmp_path):
     """--init-from: end to end starts from the head a frozen run trained (linear probe, then
     fine-tune); with no optimizer step the head is exactly the frozen one."""
     train_cli(dataset, "mean-pool", tmp_path / "frozen", "--freeze-encoder")
-    train_cli(dataset, "mean-pool", tmp_path / "warm", "--init-from", str(tmp_path / "frozen"),
-              "--max-steps", "1", "--encoder-lr", "0", "--lr", "0")  # fmt: skip
+    train_cli(
+        dataset,
+        "mean-pool",
+        tmp_path / "warm",
+        "--init-from",
+        str(tmp_path / "frozen"),
+        "--max-steps",
+        "1",
+        "--encoder-lr",
+        "0",
+        "--lr",
+        "0",
+    )
     from safetensors.numpy import load_file
 
     a = load_file(tmp_path / "frozen" / "head.safetensors")
     b = load_file(tmp_path / "warm" / "head.safetensors")
     for k in a:
         np.testing.assert_allclose(a[k], b[k], atol=1e-7)
+
+
+def test_fit_keeps_the_best_epoch_and_stops_after_patience():
+    """The one loop both trainers run: best validation epoch restored, patience honoured,
+    a spent step budget ends the run."""
+    from longdoc.training.fit import Epoch, fit
+
+    scores = iter([0.5, 0.8, 0.7, 0.6, 0.9])  # epoch 2 is best; 3 and 4 are stale
+    state = {"epoch": 0}
+
+    def run_epoch(epoch: int) -> Epoch:
+        state["epoch"] = epoch
+        return Epoch([1.0 / epoch], epoch)
+
+    def validate() -> dict:
+        f1 = next(scores)
+        return {"accuracy": f1, "macro_f1": f1}
+
+    logged: list[str] = []
+    history = fit(
+        run_epoch,
+        epochs=5,
+        patience=2,
+        get_state=lambda: dict(state),
+        set_state=state.update,
+        validate=validate,
+        log=logged.append,
+    )
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in history if r.get("best")] == [1, 2]
+    assert state["epoch"] == 2 and "early stopping" in logged[-1]
+    budget = fit(
+        lambda e: Epoch([1.0], e, stop=e == 2),
+        epochs=5,
+        patience=1,
+        get_state=dict,
+        set_state=lambda s: None,
+        log=lambda *_: None,
+    )
+    assert len(budget) == 2  # no validation: the lowest training loss, no early stopping
+
+
+def _train_argv(dataset, output: Path, *extra: str, cache: Path | None = None) -> list[str]:
+    """`longdoc train` with no optimisation flag (the defaults under test)."""
+    return [
+        "train",
+        "--train",
+        str(dataset["train"]),
+        "--preset",
+        "tiny",
+        *CHUNKING,
+        "--cache-dir",
+        str(cache or dataset["cache"]),
+        "--output",
+        str(output),
+        *extra,
+    ]
+
+
+def test_defaults_per_regime_and_a_held_out_validation_slice(dataset, tmp_path):
+    """No optimisation flag and no --validation: a head on cached vectors gets the frozen
+    defaults, a stratified slice of --train scores its epochs, and training.json says so;
+    end to end gets the fine-tuning schedule; a flag given is not derived."""
+    from longdoc.cli import main
+
+    out = tmp_path / "frozen"
+    assert main(_train_argv(dataset, out, "--freeze-encoder", "--no-progress")) == 0
+    record = json.loads((out / "training.json").read_text())
+    assert record["choices"]["derived"] == {"lr": 1e-2, "epochs": 60, "patience": 10}
+    assert record["config"]["epochs"] == 60 and record["config"]["lr"] == 1e-2
+    held = record["choices"]["validation"]
+    assert held["source"] == "held out of --train" and held["documents"] == 3  # 1 per label
+    assert record["data"]["train"]["documents"] == 9
+    assert all("validation_macro_f1" in row for row in record["history"])
+    assert record["best"]["epoch"] == record["best_epoch"]
+
+    out = tmp_path / "e2e"
+    argv = _train_argv(dataset, out, "--lr", "5e-4", "--max-steps", "3", "--no-progress")
+    assert main([*argv, "--validation", str(dataset["validation"])]) == 0
+    record = json.loads((out / "training.json").read_text())
+    assert record["choices"]["derived"] == {"epochs": 3, "patience": 2}
+    assert record["choices"]["validation"] == {"source": "--validation"}
+    assert record["config"]["lr"] == 5e-4 and record["config"]["encoder_lr"] == 3e-5
+    assert record["schedule"]["total_steps"] == 3 and record["schedule"]["warmup_steps"] == 1
+
+
+def test_regime_defaults_and_help_shows_every_default(capsys):
+    from longdoc.cli import main
+    from longdoc.training.config import TrainConfig, derive_defaults
+
+    cfg = TrainConfig(train=Path("t"), output=Path("o"), head="transformer", freeze_encoder=True)
+    assert derive_defaults(cfg) == {"lr": 1e-3, "epochs": 60, "patience": 10}
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "60 for a head on cached vectors" in text and "3 end to end" in text
+    assert "(default: 16)" in text and "(default: 0.15)" in text and "(default: 0.1)" in text
+
+
+def test_stratified_holdout_keeps_every_label_in_training():
+    from longdoc.training.common import stratified_holdout
+
+    labels = ["a"] * 10 + ["b"] * 5 + ["c"] * 2 + ["d"]
+    examples = [data.Example(str(i), "x", label, "") for i, label in enumerate(labels)]
+    train, held = stratified_holdout(examples, 0.15, 0)
+    held_labels = sorted(labels[i] for i in held)
+    assert held_labels == ["a", "a", "b", "c"]
+    assert sorted({labels[i] for i in train}) == ["a", "b", "c", "d"]
+    assert sorted([*train, *held]) == list(range(len(labels)))
+    again, _ = stratified_holdout(examples, 0.15, 0)
+    np.testing.assert_array_equal(train, again)
+
+
+def test_one_feature_cache_serves_every_cap(dataset, tmp_path, monkeypatch):
+    """The cache key ignores the cap: a capped run on a fresh cache encodes only the windows
+    it reads, an uncapped run fills the rest, and any cap after it encodes nothing."""
+    from longdoc.checkpoint import materialize_preset
+
+    cache = tmp_path / "cache"
+    encoder = materialize_preset("tiny", 0, cache)
+    examples = data.read_dataset(dataset["train"])
+    calls = []
+    real = features.make_engine
+
+    def counting(*args, **kwargs):
+        engine = real(*args, **kwargs)
+        return lambda ids: calls.append(len(ids)) or engine(ids)
+
+    monkeypatch.setattr(features, "make_engine", counting)
+
+    def get(**cap):
+        chunking = ChunkingConfig(max_length=128, overlap=32, **cap)
+        return features.compute_features(
+            examples, encoder, chunking, cache_dir=cache, progress=False, log=lambda *_: None
+        )
+
+    first = get(max_chunks=1, overflow="head")
+    assert first.computed == len(calls) == len(examples)  # one window per document
+    whole = get()
+    total = int(whole.offsets[-1])
+    assert total > 2 * len(examples) and whole.computed == total - len(examples)
+    assert whole.key == first.key and whole.done.all()
+    for cap in ({"max_chunks": 2, "overflow": "head_tail"}, {"max_chunks": 1, "overflow": "head"}):
+        assert get(**cap).computed == 0
+    assert len(calls) == total
+
+
+def test_a_capped_run_after_an_uncapped_one_computes_nothing(dataset, tmp_path):
+    from longdoc.cli import main
+
+    cache = tmp_path / "cache"
+    common = ["--freeze-encoder", "--epochs", "1", "--no-progress"]
+    assert (
+        main(_train_argv(dataset, tmp_path / "all", *common, "--max-chunks", "0", cache=cache)) == 0
+    )
+    uncapped = json.loads((tmp_path / "all" / "training.json").read_text())
+    assert uncapped["feature_windows_computed"] > 0
+    capped_argv = _train_argv(
+        dataset, tmp_path / "first", *common, "--max-chunks", "1", "--overflow", "head", cache=cache
+    )
+    assert main(capped_argv) == 0
+    capped = json.loads((tmp_path / "first" / "training.json").read_text())
+    assert capped["feature_windows_computed"] == 0
+    assert capped["feature_cache"] == uncapped["feature_cache"]
+
+
+def test_progress_bars_count_what_is_done(dataset, tmp_path, monkeypatch):
+    """The feature bar starts at 0 (it began at -13/115 with a TqdmWarning) and ends at its
+    total; an epoch bar's count is the batches done whenever its loss is shown (it stayed
+    at 0/8 while the loss changed)."""
+    import warnings
+
+    import tqdm as tqdm_module
+
+    bars = []
+
+    class Recording(tqdm_module.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.counts, self.at_postfix = [self.n], []
+            bars.append(self)
+
+        def update(self, n=1):
+            result = super().update(n)
+            self.counts.append(self.n)
+            return result
+
+        def set_postfix(self, *args, **kwargs):
+            self.at_postfix.append(self.n)
+            return super().set_postfix(*args, **kwargs)
+
+    monkeypatch.setattr(tqdm_module, "tqdm", Recording)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tqdm_module.TqdmWarning)
+        argv = _train_argv(
+            dataset,
+            tmp_path / "m",
+            "--freeze-encoder",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            cache=tmp_path / "cache",
+        )
+        from longdoc.cli import main
+
+        assert main(argv) == 0
+    feature_bars = [b for b in bars if b.desc.startswith("features")]
+    epoch_bars = [b for b in bars if b.desc.startswith("epoch")]
+    assert feature_bars and len(epoch_bars) == 2
+    for bar in feature_bars + epoch_bars:
+        assert min(bar.counts) >= 0 and bar.counts[0] == 0, bar.desc
+        assert bar.counts[-1] == bar.total, bar.desc
+    for bar in epoch_bars:
+        assert bar.at_postfix == list(range(1, bar.total + 1)), bar.desc

@@ -1,6 +1,6 @@
 """BENCHMARKS.md's ceiling and peers tables from the results.json files of run_all.sh.
 
-    .venv/bin/python bench_results/ceiling_peers/tables.py   # prints Markdown
+Run ``.venv/bin/python bench_results/ceiling_peers/tables.py``: it prints Markdown.
 """
 
 from __future__ import annotations
@@ -75,10 +75,13 @@ def peers_tables() -> list[str]:
         r = load(name)
         if not r or "peers" not in r:
             continue
-        from longdoc.client.bench.peers import peers_table
+        from longdoc.bench.peers import peers_table
 
-        lines += [f"**{name}** ({r['corpus']['docs']} documents, {r['corpus']['tokens']:,} "
-                  f"tokens, {r['corpus']['chunks']} windows; load average {load_avg(r)})", ""]
+        lines += [
+            f"**{name}** ({r['corpus']['docs']} documents, {r['corpus']['tokens']:,} "
+            f"tokens, {r['corpus']['chunks']} windows; load average {load_avg(r)})",
+            "",
+        ]
         lines += peers_table(r["peers"]) + [""]  # fmt: skip
     return lines
 

@@ -9,7 +9,7 @@ import sys
 import time
 
 import numpy as np
-from longdoc.client.bench.workload import build_corpus, load_chunking
+from longdoc.bench.workload import build_corpus, load_chunking
 
 from longdoc.runtime import OnnxPipeline
 

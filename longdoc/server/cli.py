@@ -5,20 +5,30 @@ it once every model is loaded, then waits: Ctrl-C or SIGTERM stops the server cl
 (exit 0); a server that dies on its own is reported with its log tail (exit non-zero), so
 a process manager restarts the pair instead of keeping a supervisor with no server.
 
-Every flag also reads `LONGDOC_<FLAG>` (e.g. `--http-port` from `$LONGDOC_HTTP_PORT`) as
-its default, the convention text-embeddings-inference follows: the container image is
-configured by environment variables and runs this same command (`env_defaults`).
+Every flag also reads `LONGDOC_<FLAG>` (e.g. `--http-port` from `$LONGDOC_HTTP_PORT`), the
+convention text-embeddings-inference follows: the container image is configured by
+environment variables and runs this same command. That, the defaults in --help and the
+error convention are the ones of every subcommand (`longdoc.cli_options`).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import shlex
 import sys
-from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from longdoc.contract import ADMIN_HEADER, ADMIN_KEY_ENV, ENV_PREFIX, GRPC_ADMIN_HEADER
+from longdoc.cli_options import (
+    Parser,
+    UsageError,
+    apply_convention,
+    config_from_args,
+    deprecated_alias,
+)
+from longdoc.cli_options import run as run_command
+from longdoc.contract import ADMIN_HEADER, ADMIN_KEY_ENV, GRPC_ADMIN_HEADER
+
+if TYPE_CHECKING:
+    from longdoc.server.process import ServerHandle
 
 DESCRIPTION = f"""\
 Run NVIDIA Triton (tritonserver) on a model repository and supervise it.
@@ -40,80 +50,9 @@ least 16 visible ASCII characters. Without either, a random key is generated for
 (restarts keep it) and written to a 0600 file next to the log. Note that tritonserver
 takes the key on its command line, visible to local users through ps.
 
-Environment: every flag below also reads {ENV_PREFIX}<FLAG> as its default, shown as
-[env: ...]; the command line wins. Repeatable flags read a shell-quoted list, e.g.
-{ENV_PREFIX}TRITON_ARG="--log-verbose=1 --log-format=ISO8601"; on/off flags read
-true/false.
+Environment: the image sets the flags below as variables, e.g. LONGDOC_HOST=0.0.0.0 or
+LONGDOC_TRITON_ARG="--log-verbose=1 --log-format=ISO8601" (see the end of this help).
 """
-
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
-
-
-def env_name(option: str) -> str:
-    """The environment variable of a flag: --http-port -> LONGDOC_HTTP_PORT."""
-    return ENV_PREFIX + option.lstrip("-").upper().replace("-", "_")
-
-
-class EnvError:
-    """A default from the environment that does not parse; reported when the command runs
-    (a flag given on the command line replaces it, like any default)."""
-
-    def __init__(self, name: str, value: str, reason: str) -> None:
-        self.message = f"${name}={value!r}: {reason}"
-
-    def __str__(self) -> str:
-        return f"(invalid: {self.message})"
-
-
-class Append(argparse.Action):
-    """`append` whose first command-line value replaces the default (from the
-    environment) instead of adding to it."""
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
-        items = getattr(namespace, self.dest, None)
-        items = [] if items is None or items is self.default else list(items)
-        items.append(values)
-        setattr(namespace, self.dest, items)
-
-
-def env_defaults(parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None) -> None:
-    """Give every long flag of `parser` its default from `LONGDOC_<FLAG>` when that is set
-    (and not empty), and name the variable in its --help."""
-    environ = os.environ if environ is None else environ
-    for action in parser._actions:
-        longs = [o for o in action.option_strings if o.startswith("--")]
-        if not longs or isinstance(action, argparse._HelpAction):
-            continue
-        name = env_name(longs[0])
-        action.help = f"{action.help} [env: {name}]" if action.help else f"[env: {name}]"
-        raw = environ.get(name, "").strip()
-        if raw:
-            action.default = _parse_env(action, name, raw)
-
-
-def _parse_env(action: argparse.Action, name: str, raw: str) -> object:
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-        if raw.lower() in _TRUE:
-            return action.const
-        if raw.lower() in _FALSE:
-            return not action.const
-        return EnvError(name, raw, f"expected one of {', '.join(_TRUE + _FALSE)}")
-    try:
-        items = shlex.split(raw) if isinstance(action, Append) else [raw]
-    except ValueError as exc:
-        return EnvError(name, raw, str(exc))
-    values = []
-    for item in items:
-        try:
-            value = action.type(item) if callable(action.type) else item
-        except (TypeError, ValueError) as exc:
-            kind = getattr(action.type, "__name__", "value")
-            return EnvError(name, raw, f"invalid {kind} value ({exc})")
-        if action.choices is not None and value not in action.choices:
-            return EnvError(name, raw, f"choose from {', '.join(map(str, action.choices))}")
-        values.append(value)
-    return values if isinstance(action, Append) else values[0]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -125,32 +64,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "serve",
         help="run tritonserver on a model repository and supervise it",
         description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--model-repository",
+        "--repository",
         default="./model_repository",
         metavar="DIR",
-        help="Triton model repository to serve (default: %(default)s)",
+        help="Triton model repository to serve",
     )
+    deprecated_alias(p, "--model-repository", "--repository")  # $LONGDOC_MODEL_REPOSITORY too
     p.add_argument(
         "--host",
         default="127.0.0.1",
-        help="address HTTP, gRPC and metrics bind to; 0.0.0.0 exposes the server to the "
-        "network (default: %(default)s)",
+        help="address HTTP, gRPC and metrics bind to; 0.0.0.0 exposes the server to the network",
     )
-    p.add_argument(
-        "--http-port", type=int, default=8000, metavar="PORT", help="(default: %(default)s)"
-    )
-    p.add_argument(
-        "--grpc-port", type=int, default=8001, metavar="PORT", help="(default: %(default)s)"
-    )
+    p.add_argument("--http-port", type=int, default=8000, metavar="PORT", help="HTTP port")
+    p.add_argument("--grpc-port", type=int, default=8001, metavar="PORT", help="gRPC port")
     p.add_argument(
         "--metrics-port",
         type=int,
         default=8002,
         metavar="PORT",
-        help="Prometheus metrics port; 0 turns metrics off (default: %(default)s)",
+        help="Prometheus metrics port; 0 turns metrics off",
     )
     p.add_argument(
         "--admin-key-file",
@@ -166,7 +100,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--restrict-api",
-        action=Append,
+        action="append",
         default=[],
         metavar="API",
         help="put another API group behind the admin key too, repeatable or "
@@ -179,7 +113,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=0,
         metavar="N",
         help="size of Triton's local response cache, for models whose config enables "
-        "response_cache; 0: off (default: %(default)s)",
+        "response_cache; 0: off",
     )
     p.add_argument(
         "--log",
@@ -192,7 +126,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=120.0,
         metavar="S",
-        help="seconds to wait for all models to load (default: %(default)s)",
+        help="seconds to wait for all models to load",
     )
     p.add_argument(
         "--exit-timeout",
@@ -200,7 +134,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=20,
         metavar="S",
         help="seconds a stop waits for in-flight requests and open connections "
-        "(tritonserver --exit-timeout-secs) (default: %(default)s)",
+        "(tritonserver --exit-timeout-secs)",
     )
     p.add_argument(
         "--restart",
@@ -209,7 +143,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="restart tritonserver up to N times when it dies or a Python-backend stub "
         "dies (Triton does not restart stubs itself); 0: exit non-zero instead "
-        "(default: %(default)s)",
+        "",
     )
     p.add_argument(
         "--allocator",
@@ -217,17 +151,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="malloc for tritonserver and its stubs: jemalloc gives memory back after huge "
         "requests, glibc keeps its high-water mark; auto: jemalloc when installed "
-        "(apt-get install libjemalloc2) (default: %(default)s)",
+        "(apt-get install libjemalloc2)",
     )
     p.add_argument(
         "--triton-arg",
-        action=Append,
+        action="append",
         default=[],
         metavar="ARG",
         help="extra tritonserver flag, repeatable, e.g. --triton-arg=--log-verbose=1 "
         "(none of those the lock-down fixes)",
     )
-    env_defaults(p)
     p.set_defaults(func=run)
 
 
@@ -253,19 +186,14 @@ def options_from_args(args: argparse.Namespace):  # -> tuple[ServeOptions, Admin
     from longdoc.server.lockdown import admin_key_for_run, generate_admin_key
     from longdoc.server.options import LOG_TO_STDOUT, ServeOptions
 
-    options = ServeOptions(
-        model_repository=args.model_repository,
-        host=args.host,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
+    options = config_from_args(
+        ServeOptions,
+        args,
+        model_repository=args.repository,
         metrics_port=args.metrics_port or None,
         log_path=args.log,
         restrict=tuple(args.restrict_api),
-        response_cache_mb=args.response_cache_mb,
-        allocator=args.allocator,
         triton_args=tuple(args.triton_arg),
-        ready_timeout=args.ready_timeout,
-        exit_timeout=args.exit_timeout,
     )
     options.check()
     key = admin_key_for_run(args.admin_key_file, required=args.require_admin_key)
@@ -286,15 +214,10 @@ def run(args: argparse.Namespace) -> int:
 
     from longdoc.server.process import ServerStartError, start_server, supervise
 
-    bad = [v.message for v in vars(args).values() if isinstance(v, EnvError)]
-    if bad:
-        print("longdoc serve: " + "; ".join(bad), file=sys.stderr)
-        return 2
     try:
         options, key = options_from_args(args)
     except (OSError, ValueError) as exc:
-        print(f"longdoc serve: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from None
 
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     handle = None
@@ -309,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
                 handle.stop()
             report = handle.failure_report()
             if restarts >= args.restart:
-                print(f"longdoc serve: {problem}; {report}", file=sys.stderr, flush=True)
+                print(f"longdoc serve: error: {problem}; {report}", file=sys.stderr, flush=True)
                 return code if code is not None and 0 < code < 126 else 1
             restarts += 1
             print(
@@ -328,18 +251,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name}: tritonserver stopped", file=sys.stderr, flush=True)
         return 0
     except ServerStartError as exc:
-        print(f"longdoc serve: {exc}", file=sys.stderr, flush=True)
+        print(f"longdoc serve: error: {exc}", file=sys.stderr, flush=True)
         return 1
     except ValueError as exc:  # e.g. --allocator jemalloc where there is none
-        print(f"longdoc serve: {exc}", file=sys.stderr, flush=True)
-        return 2
+        raise UsageError(str(exc)) from None
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
         key.discard()  # a generated key ends with the run (restarts kept it)
 
 
-def _announce(handle) -> None:  # noqa: ANN001
+def _announce(handle: ServerHandle) -> None:
     lines = [
         f"tritonserver ready (pid {handle.pid}), models from {handle.model_repository}",
         f"  HTTP     http://{handle.http_url}",
@@ -364,11 +286,11 @@ def _announce(handle) -> None:  # noqa: ANN001
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m longdoc.server.cli serve ...`: the subcommand without the rest of `longdoc`."""
-    parser = argparse.ArgumentParser(prog="longdoc")
+    """`python -m longdoc.server.cli serve ...`: the subcommand without the rest of `longdoc`
+    (the same convention: `longdoc.cli_options`)."""
+    parser = Parser(prog="longdoc")
     register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    return run_command(apply_convention(parser), argv)
 
 
 if __name__ == "__main__":

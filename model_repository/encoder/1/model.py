@@ -2,7 +2,8 @@
 
 Triton's dynamic batcher hands over several requests (the chunks of several documents, all
 of one sequence length); they are concatenated and run through onnxruntime ``ort_batch``
-windows per call (0: all in one call), then the rows are split back per request.
+windows per call (0: all in one call), then the rows are split back per request. An INT8
+export also ships its FP32 graph, served on CPUs without VNNI (`runtime.encoder_file`).
 """
 
 import json
@@ -20,7 +21,7 @@ from longdoc.contract import (
     PARAM_ORT_BATCH,
     PARAM_ORT_THREADS,
 )
-from longdoc.runtime import config_param, make_session
+from longdoc.runtime import config_param, encoder_file, make_session
 
 
 def _stack(arrays: list[np.ndarray]) -> np.ndarray:
@@ -34,7 +35,7 @@ class TritonPythonModel:
         here = Path(args["model_repository"]) / args["model_version"]
         threads = int(config_param(config, PARAM_ORT_THREADS, "0"))
         onnx_file = config_param(config, PARAM_ONNX_FILE, ONNX_FILE)
-        self.session = make_session(here / onnx_file, threads)
+        self.session = make_session(encoder_file(here, onnx_file), threads)
         self.ort_batch = int(config_param(config, PARAM_ORT_BATCH, "0"))
 
     def execute(self, requests):

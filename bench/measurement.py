@@ -10,16 +10,16 @@
   ``server_processes`` (it and its descendants, e.g. tritonserver and its Python-backend
   stubs): the one walk of the server's process tree, which ``CpuMonitor`` (cores used by
   the server, this process and everything else) and the reliability tests' memory
-  sampling use;
-* the machine: ``machine_info``.
+  sampling use.
+
+The machine a run was taken on (CPU, instruction sets, cores, load) is
+``longdoc.machine.machine_info``, shared with training and ``gpu_checks``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import platform
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -288,31 +288,6 @@ class CpuMonitor:
         cores["other"] = max(0.0, cores["busy"] - cores["server"] - cores["bench"])
         cores["machine"] = cores.pop("busy")
         return {k: round(v, 3) for k, v in cores.items()}
-
-
-def machine_info() -> dict:
-    model = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-        flags = next(
-            (ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")),
-            "",
-        )
-    except OSError:
-        flags = ""
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile")
-    isa = [f for f in wanted if f" {f}" in flags]
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "isa": isa,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "loadavg_start": list(os.getloadavg()),
-    }
 
 
 def repository_info(repository: str | None) -> dict:

@@ -22,17 +22,17 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from longdoc.client import transport
-from longdoc.client.bench.config import BenchConfig, log, progress
-from longdoc.client.bench.measurement import (
+from longdoc.bench.config import BenchConfig, log, progress
+from longdoc.bench.measurement import (
     CpuMonitor,
     ModelCounters,
     ServerStatistics,
     stats_delta,
     summarize_models,
 )
-from longdoc.client.bench.stats import is_stable, latency_summary
-from longdoc.client.bench.workload import BenchDoc
+from longdoc.bench.stats import is_stable, latency_summary
+from longdoc.bench.workload import BenchDoc
+from longdoc.client import transport
 
 from longdoc import contract
 

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from longdoc.client.bench.ceiling import ceiling_lines
-from longdoc.client.bench.peers import peers_table
+from longdoc.bench.ceiling import ceiling_lines
+from longdoc.bench.peers import peers_table
 
 from longdoc import contract
 

@@ -39,5 +39,8 @@ Modules, each importing only those above it (one direction)::
     run                  one whole run
     cli                  `longdoc bench`
 
-This file imports nothing: ``import longdoc.client.bench`` stays light.
+This file imports nothing: ``import longdoc.bench`` stays light. The benchmark sits beside
+``longdoc.client``, not inside it: its baselines import onnxruntime and torch, which a
+client-only install (``longdoc[client]``) does not have; it uses the client's transport, the
+client never imports the benchmark.
 """

@@ -100,7 +100,7 @@ def _baselines(value: str) -> list[str]:
     return out
 
 
-PEERS = ("belt", "hf_pipeline", "optimum", "naive")  # longdoc.client.bench.peers.PEERS
+PEERS = ("belt", "hf_pipeline", "optimum", "naive")  # longdoc.bench.peers.PEERS
 
 
 def _peers(value: str) -> list[str]:
@@ -254,11 +254,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from longdoc.client.bench.config import BenchConfig
-    from longdoc.client.bench.run import run_bench
+    from longdoc.bench.config import BenchConfig
+    from longdoc.bench.run import run_bench
 
     if args.render:
-        from longdoc.client.bench.report import render
+        from longdoc.bench.report import render
 
         render(args.render)
         return 0

@@ -23,7 +23,7 @@ What `longdoc bench --ceiling` measures, in the same run as the served figures:
   ``vpdpbusd`` (AVX-512 VNNI), ``vfmadd231ps`` on ``zmm`` (AVX-512F) or ``ymm`` (AVX2),
   ``vpmaddubsw`` (the AVX2 INT8 path without VNNI), ``vdpbf16ps`` (BF16).
 
-``python -m longdoc.client.bench.ceiling --repository DIR`` prints the whole dict as JSON.
+``python -m longdoc.bench.ceiling --repository DIR`` prints the whole dict as JSON.
 """
 
 from __future__ import annotations
@@ -41,12 +41,14 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from longdoc.export.precision import INT8_SETTINGS
 
 from longdoc import contract
+from longdoc.presets import window_flops as window_flops_of
 
 SQUARE = 2048
 # The quantization setting of ``quantize_dynamic`` that export uses (``precision.quantize_int8``)
-INT8_DEFAULT = {"per_channel": True, "reduce_range": False, "weight_type": "QInt8"}
+INT8_DEFAULT = INT8_SETTINGS
 
 
 # ---------------------------------------------------------------------------------------
@@ -67,7 +69,7 @@ def architecture(repository: str | Path) -> dict:
     if a and all(k in a for k in ("layers", "hidden", "ffn", "heads")):
         return _arch(a["layers"], a["hidden"], a["ffn"], a["heads"], source)
     if source.startswith("preset:"):
-        from longdoc.checkpoint import PRESETS
+        from longdoc.presets import PRESETS
 
         p = PRESETS[source.split(":", 1)[1]]
         return _arch(p["num_hidden_layers"], p["hidden_size"], p["intermediate_size"],
@@ -123,8 +125,9 @@ def _flops(shape: dict) -> float:
 
 def window_flops(arch: dict, seq: int) -> float:
     """Operations (multiply-add = 2) of one window of ``seq`` tokens through the encoder:
-    ``layers x (2 S (4 H^2 + 2 H F) + 4 S^2 H)``."""
-    return arch["layers"] * sum(_flops(s) for s in gemm_shapes(arch, seq))
+    ``layers x (2 S (4 H^2 + 2 H F) + 4 S^2 H)``, the formula of ``longdoc.presets`` (which
+    the GPU checks use too); ``gemm_shapes`` of every layer add up to it."""
+    return window_flops_of(arch["layers"], arch["hidden"], arch["ffn"], seq)
 
 
 # ---------------------------------------------------------------------------------------
@@ -391,7 +394,7 @@ def perf_kernels(precision: str, shape: dict | None = None, seconds: float = 2.0
     try:
         data = tmp / "perf.data"
         child = subprocess.Popen(
-            [sys.executable, "-m", "longdoc.client.bench.ceiling", "--spin", precision,
+            [sys.executable, "-m", "longdoc.bench.ceiling", "--spin", precision,
              "--spin-shape", json.dumps(shape), "--spin-seconds", str(seconds + 60)],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )  # fmt: skip
@@ -622,7 +625,7 @@ def ceiling_lines(c: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m longdoc.client.bench.ceiling",
+    p = argparse.ArgumentParser(prog="python -m longdoc.bench.ceiling",
                                 description=__doc__.split("\n\n")[0])  # fmt: skip
     p.add_argument("--repository", help="model repository (its encoder's architecture)")
     p.add_argument("--docs", type=int, default=16)
@@ -640,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.repository:
         p.error("--repository is required")
-    from longdoc.client.bench.workload import build_corpus, load_chunking
+    from longdoc.bench.workload import build_corpus, load_chunking
 
     tokenizer, chunking = load_chunking(args.repository)
     docs = build_corpus(args.docs, args.seed, tokenizer, chunking)

@@ -169,7 +169,7 @@ def run_optimum(model, texts: list[str], time_limit_s: float) -> dict:
 
 
 def run_naive(model, texts: list[str], time_limit_s: float) -> dict:
-    from longdoc.client.bench import baselines
+    from longdoc.bench import baselines
 
     docs = [_Doc(0, 0)] * len(texts)  # rates are computed by the caller
     out = baselines.naive(model, texts, docs, time_limit_s)
@@ -195,8 +195,8 @@ RUNNERS = {"belt": run_belt, "hf_pipeline": run_hf_pipeline, "optimum": run_opti
 def child(args: argparse.Namespace) -> dict:
     """What the child process does: load the model, run the peer, report."""
     import torch
-    from longdoc.client.bench.baselines import load_reference_model
-    from longdoc.client.bench.stats import latency_summary
+    from longdoc.bench.baselines import load_reference_model
+    from longdoc.bench.stats import latency_summary
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -229,7 +229,7 @@ def run_peer(
         texts_file = Path(tmp) / "texts.json"
         texts_file.write_text(json.dumps(texts))
         out_file = Path(tmp) / "out.json"
-        cmd = [sys.executable, "-m", "longdoc.client.bench.peers", "--peer", peer,
+        cmd = [sys.executable, "-m", "longdoc.bench.peers", "--peer", peer,
                "--repository", str(repository), "--texts", str(texts_file),
                "--time-limit-s", str(time_limit_s), "--out", str(out_file)]  # fmt: skip
         for flag, value in (("--checkpoint", checkpoint), ("--preset", preset),
@@ -311,7 +311,7 @@ def run_peers(
 def server_rss_mb(url: str) -> float | None:
     """Resident memory of the server's process tree now (tritonserver and its stubs)."""
     try:
-        from longdoc.client.bench.measurement import server_pid, server_processes
+        from longdoc.bench.measurement import server_pid, server_processes
 
         pid = server_pid(url)
         if pid is None:
@@ -382,7 +382,7 @@ def _fmt(value, spec: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m longdoc.client.bench.peers",
+    p = argparse.ArgumentParser(prog="python -m longdoc.bench.peers",
                                 description=__doc__.split("\n\n")[0])  # fmt: skip
     p.add_argument("--repository", required=True)
     p.add_argument(
@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         result = child(args)
         Path(args.out).write_text(json.dumps(result))
         return 0
-    from longdoc.client.bench.workload import build_corpus, load_chunking
+    from longdoc.bench.workload import build_corpus, load_chunking
 
     tokenizer, chunking = load_chunking(args.repository)
     docs = build_corpus(args.docs, args.seed, tokenizer, chunking)

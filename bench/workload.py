@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from longdoc.client.bench.stats import percentile
+from longdoc.bench.stats import percentile
 
 from longdoc import contract
 

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from longdoc.client.bench.measurement import CpuMonitor, encoder_max_batch
-from longdoc.client.bench.stats import latency_summary
+from longdoc.bench.measurement import CpuMonitor, encoder_max_batch
+from longdoc.bench.stats import latency_summary
 
 from longdoc import contract
 

@@ -9,12 +9,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from longdoc.client.bench import baselines as base
-from longdoc.client.bench.config import BenchConfig, log
-from longdoc.client.bench.drivers import mixed_sweep, sweep
-from longdoc.client.bench.measurement import machine_info, repository_info
-from longdoc.client.bench.report import json_default, write_results
-from longdoc.client.bench.workload import (
+from longdoc.bench import baselines as base
+from longdoc.bench.config import BenchConfig, log
+from longdoc.bench.drivers import mixed_sweep, sweep
+from longdoc.bench.measurement import repository_info
+from longdoc.bench.report import json_default, write_results
+from longdoc.bench.workload import (
     build_corpus,
     corpus_summary,
     load_chunking,
@@ -22,6 +22,8 @@ from longdoc.client.bench.workload import (
     short_corpus,
     waste_whatif,
 )
+
+from longdoc.machine import machine_info
 
 
 def _config(cfg: BenchConfig) -> dict:
@@ -83,12 +85,12 @@ def run_bench(cfg: BenchConfig) -> dict:
     # renderer in report.SECTIONS.
     texts = [d.text for d in docs]
     if cfg.ceiling:
-        from longdoc.client.bench.ceiling import run_ceiling
+        from longdoc.bench.ceiling import run_ceiling
 
         log(cfg, "ceiling: onnxruntime FP32/INT8 GEMM rates at the encoder's shapes...")
         result["ceiling"] = run_ceiling(cfg.repository, docs, result["saturated"], cfg.ort_threads)
     if cfg.peers:
-        from longdoc.client.bench.peers import run_peers, served_summary
+        from longdoc.bench.peers import run_peers, served_summary
 
         result["peers"] = run_peers(
             cfg.repository, texts, docs, tuple(cfg.peers), cfg.baseline_time_limit_s,

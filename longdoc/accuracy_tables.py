@@ -1,0 +1,113 @@
+"""The tables of ACCURACY.md, from the reports `longdoc evaluate` wrote.
+
+    python -m longdoc.accuracy_tables runs/accuracy mean-pool truncation --pair mean-pool truncation
+
+Each row is a folder ``ROOT/<row>/seed*/`` holding ``test.json`` (the evaluation report)
+and ``training.json`` (the run's record): the table gives mean ± standard deviation over
+seeds; ``--pair A B`` adds, seed by seed, the paired tests between two rows (same seed,
+same test documents): McNemar on the discordant documents and the paired bootstrap of the
+accuracy difference. Kept apart from ``longdoc evaluate``, which scores one model; this
+compares many, from files alone (numpy and SciPy; no model is loaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from longdoc.metrics import bootstrap_difference, mcnemar
+
+TRAINING_JSON = "training.json"
+REPORT_JSON = "test.json"
+
+
+def _stat(values) -> str:
+    values = np.asarray(values, dtype=float)
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
+
+
+def accuracy_table(root: Path, rows: list[str]) -> tuple[str, dict[str, list[dict]]]:
+    """Markdown rows (mean ± spread over seeds) from ``root/<row>/seed*/test.json``, and
+    the reports found per row (rows without any are left out of both)."""
+    lines = [
+        "| row | seeds | accuracy | macro-F1 | accuracy > 2,048 tokens (n) | train s |",
+        "|---|---|---|---|---|---|",
+    ]
+    found: dict[str, list[dict]] = {}
+    for row in rows:
+        reports = []
+        for path in sorted(Path(root, row).glob(f"seed*/{REPORT_JSON}")):
+            rep = json.loads(path.read_text())
+            record = json.loads((path.parent / TRAINING_JSON).read_text())
+            rep["train_seconds"] = record.get("seconds")
+            reports.append(rep)
+        if not reports:
+            continue
+        found[row] = reports
+        long = [r["by_length"]["over 2048"] for r in reports]
+        lines.append(
+            f"| {row} | {len(reports)} | {_stat([r['accuracy'] for r in reports])} | "
+            f"{_stat([r['macro_f1'] for r in reports])} | "
+            f"{_stat([x['accuracy'] for x in long])} ({long[0]['documents']}) | "
+            f"{np.mean([r['train_seconds'] for r in reports]):.0f} |"
+        )
+    return "\n".join(lines), found
+
+
+def paired_tests(a: list[dict], b: list[dict]) -> list[str]:
+    """McNemar and paired bootstrap, seed by seed (same seed, same test documents)."""
+    out = []
+    for ra, rb in zip(a, b, strict=False):
+        ca = [p["label"] == p["predicted"] for p in ra["predictions"]]
+        cb = [p["label"] == p["predicted"] for p in rb["predictions"]]
+        m, boot = mcnemar(ca, cb), bootstrap_difference(ca, cb)
+        low, high = boot["ci95"]
+        out.append(
+            f"difference {boot['difference']:+.3f} (95% CI {low:+.3f} .. {high:+.3f}); "
+            f"McNemar {m['only_a_correct']} vs {m['only_b_correct']} discordant, "
+            f"p = {m['p_value']:.3g}"
+        )
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m longdoc.accuracy_tables",
+        description="Print ACCURACY.md's table (mean ± spread over seeds) from "
+        "ROOT/<row>/seed*/test.json, and optionally paired tests between two rows.",
+    )
+    parser.add_argument("root", type=Path, metavar="ROOT", help="e.g. runs/accuracy")
+    parser.add_argument("rows", nargs="+", metavar="ROW", help="row folders under ROOT")
+    parser.add_argument(
+        "--pair",
+        nargs=2,
+        metavar=("A", "B"),
+        help="McNemar and paired bootstrap between rows A and B, seed by seed",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    table, found = accuracy_table(args.root, args.rows)
+    print(table)
+    if args.pair:
+        a, b = args.pair
+        missing = [name for name in (a, b) if name not in found]
+        if missing:
+            print(f"--pair: no reports for {', '.join(missing)} among ROW", file=sys.stderr)
+            return 0
+        print(f"\n{a} vs {b}:")
+        for line in paired_tests(found[a], found[b]):
+            print(f"- {line}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Training: a head (and optionally the encoder) on the windows it will be served on.
+
+Two regimes, one output format:
+
+* ``freeze_encoder``: window vectors are computed once by :mod:`longdoc.features` (cached,
+  keyed by encoder, chunking and data) and only the head trains (:mod:`.frozen`): minutes
+  on 2 CPU cores.
+* end to end (:mod:`.end_to_end`): gradients flow through the encoder for every window of
+  each document (``train_windows`` K samples K windows per document per step; every window
+  is used at evaluation), gradient accumulation, and on CUDA gradient checkpointing and
+  bf16/fp16 autocast.
+
+Both run the one fit loop of :mod:`.fit` (epochs, history, best state, early stopping).
+The output directory is a checkpoint in exactly the formats ``longdoc export`` reads
+(``BertForSequenceClassification`` for the ``logits-*`` heads; ``BertModel`` + ``head.json``
++ ``head.safetensors`` for ``mean-pool``/``transformer``; written by
+:func:`longdoc.checkpoint.save_checkpoint`), with the chunking it was trained with in
+``head.json``. Next to it: ``training.json`` (configuration, per-epoch log, timings, data
+checksums, machine) and ``training.png`` (:mod:`.plots`).
+
+``baseline="tfidf"`` trains the non-neural whole-text baseline instead (:mod:`.tfidf`).
+The command line is :mod:`.cli` (``longdoc train``).
+
+Modules, in import order: ``config`` <- ``fit``, ``common`` <- ``frozen``, ``end_to_end``,
+``tfidf``, ``plots`` <- ``trainer`` <- ``cli``.
+"""
+
+from longdoc.training.config import TrainConfig
+from longdoc.training.trainer import train
+
+__all__ = ["TrainConfig", "train"]
