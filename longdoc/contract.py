@@ -24,9 +24,6 @@ ONNX_FILE = "model.onnx"
 # Next to an INT8 encoder (portable profile): its fused FP32 graph, which the encoder serves
 # on CPUs without VNNI, where INT8 is no faster and less accurate (longdoc.runtime).
 FP32_FALLBACK_FILE = "model_fp32.onnx"
-# Forces the integer kernel path a CPU is taken to have (`vnni`, `avx2`, `other`): tests
-# serve the non-VNNI choice on a VNNI machine with it.
-INT8_KERNELS_ENV = "LONGDOC_INT8_KERNELS"
 EXPORT_REPORT = "export_report.json"
 
 # --- ensemble I/O (what a client sends and gets) ------------------------------------

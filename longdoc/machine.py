@@ -61,6 +61,12 @@ def int8_kernel_path(flags: set[str] | None = None) -> str:
     return "avx2" if "avx2" in flags else "other"
 
 
+def serving_int8_kernels() -> str:
+    """The kernel path INT8 serving takes here: `int8_kernel_path()`, unless the
+    `LONGDOC_INT8_KERNELS` variable forces one (tests serve the non-VNNI choice with it)."""
+    return os.environ.get("LONGDOC_INT8_KERNELS") or int8_kernel_path()
+
+
 def machine_info() -> dict:
     """The machine a measurement was taken on: CPU, instruction sets, cores, load."""
     info = {

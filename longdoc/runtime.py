@@ -35,12 +35,11 @@ from longdoc.contract import (
     EXPORT_REPORT,
     FP32_FALLBACK_FILE,
     INPUT_IDS,
-    INT8_KERNELS_ENV,
     LABELS_FILE,
     ONNX_FILE,
     TOKENIZER_FILE,
 )
-from longdoc.machine import int8_kernel_path
+from longdoc.machine import serving_int8_kernels
 from longdoc.results import DocumentResult
 
 __all__ = [
@@ -58,12 +57,6 @@ def config_param(model_config: dict, key: str, default: str) -> str:
     return model_config.get("parameters", {}).get(key, {}).get("string_value", default)
 
 
-def int8_kernels() -> str:
-    """The integer kernel path this CPU runs (``vnni``, ``avx2``, ``other``); the
-    ``LONGDOC_INT8_KERNELS`` variable overrides it (tests, or to force a choice)."""
-    return os.environ.get(INT8_KERNELS_ENV) or int8_kernel_path()
-
-
 def encoder_file(directory: str | Path, onnx_file: str = ONNX_FILE) -> Path:
     """The encoder graph to serve from ``directory`` on this CPU: ``onnx_file``, except
     where an INT8 export ships its FP32 graph too (``model_fp32.onnx``) and this CPU has
@@ -71,7 +64,7 @@ def encoder_file(directory: str | Path, onnx_file: str = ONNX_FILE) -> Path:
     BENCHMARKS.md "INT8 on CPUs with and without VNNI"), so the FP32 graph is served."""
     directory = Path(directory)
     fallback = directory / FP32_FALLBACK_FILE
-    if fallback.is_file() and int8_kernels() != "vnni":
+    if fallback.is_file() and serving_int8_kernels() != "vnni":
         return fallback
     return directory / onnx_file
 

@@ -272,3 +272,21 @@ def test_int8_encoder_file_follows_the_serving_cpu(tmp_path, monkeypatch):
 
     expected = "model.onnx" if int8_kernel_path() == "vnni" else "model_fp32.onnx"
     assert encoder_file(tmp_path).name == expected, f"this CPU: {int8_kernel_path()}"
+
+
+def test_serve_says_what_an_int8_encoder_runs_on_this_cpu(tmp_path, monkeypatch):
+    import json
+
+    from longdoc.server.cli import encoder_note
+
+    assert encoder_note(tmp_path) is None  # no export report
+    (tmp_path / "export_report.json").write_text(json.dumps({"precision": "fp32"}))
+    assert encoder_note(tmp_path) is None
+    (tmp_path / "export_report.json").write_text(json.dumps({"precision": "int8"}))
+    monkeypatch.setenv("LONGDOC_INT8_KERNELS", "vnni")
+    assert encoder_note(tmp_path) == "INT8 (this CPU's integer kernels: vnni)"
+    monkeypatch.setenv("LONGDOC_INT8_KERNELS", "avx2")
+    assert "serve an FP32 export on this machine" in encoder_note(tmp_path)  # cpu profile
+    (tmp_path / "encoder" / "1").mkdir(parents=True)
+    (tmp_path / "encoder" / "1" / "model_fp32.onnx").write_bytes(b"")
+    assert encoder_note(tmp_path).startswith("FP32 graph of this INT8 export")

@@ -14,7 +14,9 @@ error convention are the ones of every subcommand (`longdoc.cli_options`).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from longdoc.cli_options import (
@@ -25,7 +27,15 @@ from longdoc.cli_options import (
     deprecated_alias,
 )
 from longdoc.cli_options import run as run_command
-from longdoc.contract import ADMIN_HEADER, ADMIN_KEY_ENV, GRPC_ADMIN_HEADER
+from longdoc.contract import (
+    ADMIN_HEADER,
+    ADMIN_KEY_ENV,
+    ENCODER,
+    EXPORT_REPORT,
+    FP32_FALLBACK_FILE,
+    GRPC_ADMIN_HEADER,
+)
+from longdoc.machine import serving_int8_kernels
 
 if TYPE_CHECKING:
     from longdoc.server.process import ServerHandle
@@ -261,6 +271,30 @@ def run(args: argparse.Namespace) -> int:
         key.discard()  # a generated key ends with the run (restarts kept it)
 
 
+def encoder_note(repository: Path) -> str | None:
+    """What the encoder of an INT8 repository runs on this CPU (None for other precisions):
+    INT8 only pays with VNNI (BENCHMARKS.md "INT8 on CPUs with and without VNNI")."""
+    try:
+        report = json.loads((repository / EXPORT_REPORT).read_text())
+    except (OSError, ValueError):
+        return None
+    if report.get("precision") != "int8":
+        return None
+    kernels = serving_int8_kernels()
+    cpu = f"this CPU's integer kernels: {kernels}"
+    if kernels == "vnni":
+        return f"INT8 ({cpu})"
+    if (repository / ENCODER / "1" / FP32_FALLBACK_FILE).is_file():
+        return (
+            f"FP32 graph of this INT8 export ({cpu}, no VNNI: INT8 would be no faster and "
+            "less accurate here)"
+        )
+    return (
+        f"INT8 ({cpu}, no VNNI): measured no faster than FP32 and less accurate on such "
+        "CPUs; serve an FP32 export on this machine"
+    )
+
+
 def _announce(handle: ServerHandle) -> None:
     lines = [
         f"tritonserver ready (pid {handle.pid}), models from {handle.model_repository}",
@@ -269,6 +303,9 @@ def _announce(handle: ServerHandle) -> None:
     ]
     if handle.metrics_url:
         lines.append(f"  metrics  http://{handle.metrics_url}/metrics")
+    encoder = encoder_note(Path(handle.model_repository))
+    if encoder:
+        lines.append(f"  encoder  {encoder}")
     lines += [
         f"  log      {handle.log_path or 'stdout'}",
         f"  malloc   {handle.allocator}"
