@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 from longdoc.cli_options import UsageError, add_server_args, server_kwargs
+from longdoc.contract import CHUNKING_DEFAULTS
 
 EPILOG = """inputs:
   FILE.txt        one document per file (UTF-8)
-  DIR             every *.txt below DIR, recursively
+  DIR             every *.txt below DIR, recursively: regular files inside DIR only
+                  (a symbolic link leaving DIR, a FIFO or a device is refused), each at
+                  most --max-bytes
   FILE.jsonl      one document per line: {"id": ..., "text": ...}
   -               one document from stdin
 
@@ -45,21 +50,85 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=None, help="probabilities to print (default: all)")
     p.add_argument("--explain", action="store_true", help="print the decisive passage")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument(
+        "--max-bytes",
+        type=int,
+        default=CHUNKING_DEFAULTS["max_bytes"],
+        help="largest file read from a DIR (larger ones get an error; the server's own "
+        "limit is the export's --max-bytes)",
+    )
     p.set_defaults(func=run)
 
 
-def iter_documents(inputs: list[str]) -> Iterator[tuple[str, bytes | str]]:
+class Unreadable(Exception):
+    """A file in a DIR that is not read; the message is that document's error."""
+
+
+def read_inside(path: Path, root: Path, max_bytes: int) -> bytes:
+    """The bytes of ``path``, a file found in the folder ``root``, or `Unreadable`.
+
+    A folder may hold things that are not documents and must not be read: a symbolic link
+    to a file outside it (``/etc/passwd`` would be sent, and echoed by ``--explain``), a
+    FIFO (``open`` would wait forever for a writer), a device (``/dev/zero`` never ends).
+    So: a link must resolve inside ``root``; the file is opened without following a link
+    and without blocking, must be a regular file by ``fstat`` of what was opened (no race
+    with a rename), and is read with a bounded read, never past ``max_bytes`` + 1."""
+    root = Path(os.path.realpath(root))
+    target = Path(os.path.realpath(path))
+    if target != root and root not in target.parents:
+        raise Unreadable(f"{path}: a symbolic link to {target}, outside {root}: not read")
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(target, flags)
+    except OSError as exc:
+        raise Unreadable(f"{path}: cannot be opened ({exc.strerror})") from None
+    with os.fdopen(fd, "rb", buffering=0) as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise Unreadable(f"{path}: not a regular file (a FIFO, socket or device): not read")
+        if info.st_size > max_bytes:
+            raise Unreadable(f"{path}: {info.st_size} bytes, over the limit of {max_bytes} bytes")
+        chunks, size = [], 0
+        while size <= max_bytes:  # the size may change while reading: never past the limit
+            chunk = handle.read(max_bytes + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > max_bytes:
+            raise Unreadable(f"{path}: over the limit of {max_bytes} bytes")
+        return b"".join(chunks)
+
+
+def read_folder(root: Path, max_bytes: int) -> Iterator[tuple[str, bytes | Unreadable]]:
+    """(id, bytes or the reason it was not read) for every ``*.txt`` below ``root``, sorted.
+    Symbolic links to folders are not followed (``os.walk``); links to files are read only
+    where they resolve inside ``root`` (`read_inside`)."""
+    found = []
+    for folder, subfolders, files in os.walk(root, followlinks=False):
+        subfolders.sort()
+        found.extend(Path(folder) / name for name in files if name.endswith(".txt"))
+    for file in sorted(found):
+        try:
+            yield str(file), read_inside(file, root, max_bytes)
+        except Unreadable as exc:
+            yield str(file), exc
+
+
+def iter_documents(
+    inputs: list[str], max_bytes: int = CHUNKING_DEFAULTS["max_bytes"]
+) -> Iterator[tuple[str, bytes | str | Unreadable]]:
     """(id, raw bytes) for every document named by ``inputs``; ids are paths or JSON ids.
     A JSON Lines text is yielded as the ``str`` it holds (the client encodes it, and a
-    text that is not valid Unicode fails as that document's error)."""
+    text that is not valid Unicode fails as that document's error). A file of a DIR that
+    is not read (`read_inside`) comes as `Unreadable`: that document's error."""
     for item in inputs:
         if item == "-":
             yield "stdin", sys.stdin.buffer.read()
             continue
         path = Path(item)
         if path.is_dir():
-            for file in sorted(path.rglob("*.txt")):
-                yield str(file), file.read_bytes()
+            yield from read_folder(path, max_bytes)
         elif path.suffix in (".jsonl", ".ndjson"):
             with path.open("rb") as handle:
                 for number, line in enumerate(handle, 1):
@@ -120,16 +189,17 @@ def run(args: argparse.Namespace) -> int:
     from longdoc.client.classifier import DocumentClassifierClient, ServerUnavailable
     from tqdm import tqdm
 
-    documents = list(iter_documents(args.inputs))
+    documents = list(iter_documents(args.inputs, args.max_bytes))
     if not documents:
         raise UsageError("no documents found")
+    readable = [(doc_id, text) for doc_id, text in documents if not isinstance(text, Unreadable)]
     client = DocumentClassifierClient(**server_kwargs(args))
     show = len(documents) > 3 and not args.no_progress
-    bar = tqdm(total=len(documents), unit="doc", file=sys.stderr, disable=not show)
+    bar = tqdm(total=len(readable), unit="doc", file=sys.stderr, disable=not show)
     try:
         results = client.classify(
-            [text for _, text in documents],
-            ids=[doc_id for doc_id, _ in documents],
+            [text for _, text in readable],
+            ids=[doc_id for doc_id, _ in readable],
             concurrency=args.concurrency,
             on_result=lambda _: bar.update(),
         )
@@ -138,13 +208,18 @@ def run(args: argparse.Namespace) -> int:
         return 3
     finally:
         bar.close()
-    failed = []
-    for result, (_, text) in zip(results, documents):
-        print(dumps(to_record(result, text, args.top_k, args.explain)))
-        if not result.ok:
-            failed.append(result)
-    for result in failed:
-        print(_printable(f"failed: {result.id}: {result.error}"), file=sys.stderr)
+    answers = iter(results)
+    failed = []  # (id, error)
+    for doc_id, text in documents:
+        if isinstance(text, Unreadable):
+            record = {"id": doc_id, "error": str(text)}
+        else:
+            record = to_record(next(answers), text, args.top_k, args.explain)
+        print(dumps(record))
+        if "error" in record:
+            failed.append((doc_id, record["error"]))
+    for doc_id, error in failed:
+        print(_printable(f"failed: {doc_id}: {error}"), file=sys.stderr)
     if failed:
-        print(f"{len(failed)} of {len(results)} documents failed", file=sys.stderr)
+        print(f"{len(failed)} of {len(documents)} documents failed", file=sys.stderr)
     return 1 if failed else 0

@@ -53,10 +53,12 @@ from longdoc.contract import (
     ONNX_FILE,
     PARAM_ENCODER_MODEL,
     PARAM_INFLIGHT_SLICES,
+    PARAM_MAX_WINDOWS,
     PARAM_ONNX_FILE,
     PARAM_ORT_BATCH,
     PARAM_ORT_INTRA_OP_THREADS,
     PARAM_ORT_THREADS,
+    PARAM_SEQ_LENGTHS,
     PARAM_SLICE_WINDOWS,
     PROBABILITIES,
     PROFILES,
@@ -138,8 +140,13 @@ def _backend(cfg: mc.ModelConfig, sizing: Sizing, threads: int) -> None:
 # the four configs
 # ---------------------------------------------------------------------------------------
 
-CHUNKER_OUTPUT_DIMS = {INPUT_IDS: [-1, -1], ATTENTION_MASK: [-1, -1], CHUNK_SPANS: [-1, 2],
-                       NUM_CHUNKS: [1], TOTAL_CHUNKS: [1]}  # fmt: skip
+CHUNKER_OUTPUT_DIMS = {
+    INPUT_IDS: [-1, -1],
+    ATTENTION_MASK: [-1, -1],
+    CHUNK_SPANS: [-1, 2],
+    NUM_CHUNKS: [1],
+    TOTAL_CHUNKS: [1],
+}
 
 
 def chunker_config(sizing: Sizing) -> mc.ModelConfig:
@@ -150,23 +157,43 @@ def chunker_config(sizing: Sizing) -> mc.ModelConfig:
     return cfg
 
 
-def dispatcher_config(sizing: Sizing, vector_size: int) -> mc.ModelConfig:
+def _seq_lengths(chunking: ChunkingConfig) -> str:
+    """The window lengths the chunker produces (PARAM_SEQ_LENGTHS)."""
+    return ",".join(str(length) for length in chunking.seq_buckets)
+
+
+def dispatcher_config(
+    sizing: Sizing, vector_size: int, chunking: ChunkingConfig | None = None
+) -> mc.ModelConfig:
     """A document's windows -> chunk vectors: the encoder reached through BLS in slices of
-    <= its max_batch_size, so no document is too long for it (README "Long documents")."""
+    <= its max_batch_size, so no document is too long for it (README "Long documents").
+    It is reachable directly like the ensemble: it refuses what the chunker never sends
+    (more than max_windows windows, other window lengths) before holding an instance."""
     cfg = mc.ModelConfig(name=DISPATCHER, backend="python", max_batch_size=0)
     _inputs(cfg, [(name, [-1, -1]) for name in DISPATCHER_INPUTS])
     _outputs(cfg, [(DISPATCHER_OUTPUT, [-1, vector_size])])
-    _params(cfg, {PARAM_ENCODER_MODEL: ENCODER, PARAM_SLICE_WINDOWS: sizing.slice_windows,
-                  PARAM_INFLIGHT_SLICES: sizing.inflight_slices})  # fmt: skip
+    params = {
+        PARAM_ENCODER_MODEL: ENCODER,
+        PARAM_SLICE_WINDOWS: sizing.slice_windows,
+        PARAM_INFLIGHT_SLICES: sizing.inflight_slices,
+    }
+    if chunking is not None:
+        params[PARAM_SEQ_LENGTHS] = _seq_lengths(chunking)
+        params[PARAM_MAX_WINDOWS] = chunking.max_windows
+    _params(cfg, params)
     _instances(cfg, sizing.kinds[DISPATCHER], sizing.instances[DISPATCHER])
     return cfg
 
 
-def encoder_config(sizing: Sizing, opts: ServingOptions, vector_size: int) -> mc.ModelConfig:
+def encoder_config(
+    sizing: Sizing, opts: ServingOptions, vector_size: int, chunking: ChunkingConfig | None = None
+) -> mc.ModelConfig:
     cfg = mc.ModelConfig(name=ENCODER, max_batch_size=sizing.max_batch_size)
     _backend(cfg, sizing, sizing.ort_threads[ENCODER])
     if sizing.backend == "python":
         _params(cfg, {PARAM_ORT_BATCH: sizing.ort_batch})
+        if chunking is not None:  # the portable encoder refuses other window lengths
+            _params(cfg, {PARAM_SEQ_LENGTHS: _seq_lengths(chunking)})
     _inputs(cfg, [(name, [-1]) for name in ENCODER_INPUTS])
     _outputs(cfg, [(ENCODER_OUTPUT, [vector_size])])
     batching = cfg.dynamic_batching
@@ -204,13 +231,18 @@ def _tensorrt(cfg: mc.ModelConfig, sizing: Sizing, opts: ServingOptions) -> None
     accelerator = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(
         name="tensorrt"
     )
-    accelerator.parameters.update({
-        "precision_mode": "FP16",
-        "max_workspace_size_bytes": str(opts.trt_workspace_bytes),
-        "trt_engine_cache_enable": "true",
-        "trt_engine_cache_path": opts.trt_cache_path,
-        **{f"trt_profile_{k}_shapes": shapes(*sizing.trt_shapes[k]) for k in ("min", "opt", "max")},
-    })  # fmt: skip
+    accelerator.parameters.update(
+        {
+            "precision_mode": "FP16",
+            "max_workspace_size_bytes": str(opts.trt_workspace_bytes),
+            "trt_engine_cache_enable": "true",
+            "trt_engine_cache_path": opts.trt_cache_path,
+            **{
+                f"trt_profile_{k}_shapes": shapes(*sizing.trt_shapes[k])
+                for k in ("min", "opt", "max")
+            },
+        }
+    )
 
 
 def aggregator_config(sizing: Sizing, vector_size: int, num_labels: int) -> mc.ModelConfig:
@@ -234,8 +266,12 @@ ENSEMBLE_OUTPUT_DIMS = {NUM_CHUNKS: [1], CHUNK_SPANS: [-1, 2], TOTAL_CHUNKS: [1]
 def ensemble_config(sizing: Sizing, num_labels: int) -> mc.ModelConfig:
     cfg = mc.ModelConfig(name=ENSEMBLE, platform="ensemble", max_batch_size=0)
     _inputs(cfg, [(TEXT, [1])])
-    dims = {**ENSEMBLE_OUTPUT_DIMS, LOGITS: [num_labels], PROBABILITIES: [num_labels],
-            CHUNK_LOGITS: [-1, num_labels]}  # fmt: skip
+    dims = {
+        **ENSEMBLE_OUTPUT_DIMS,
+        LOGITS: [num_labels],
+        PROBABILITIES: [num_labels],
+        CHUNK_LOGITS: [-1, num_labels],
+    }
     _outputs(cfg, [(name, dims[name]) for name in ENSEMBLE_OUTPUTS], {LOGITS, PROBABILITIES})
     if sizing.response_cache:
         cfg.response_cache.enable = True  # the ensemble only (docs/GPU.md "Response cache")
@@ -296,9 +332,12 @@ def _check_gpu_encoder(sizing: Sizing, facts: dict | None) -> None:
 
 
 def build_configs(
-    opts: ServingOptions, vector_size: int, num_labels: int, chunking: ChunkingConfig,
+    opts: ServingOptions,
+    vector_size: int,
+    num_labels: int,
+    chunking: ChunkingConfig,
     aggregator_facts: dict | None = None,
-) -> tuple[Sizing, dict[str, mc.ModelConfig]]:  # fmt: skip
+) -> tuple[Sizing, dict[str, mc.ModelConfig]]:
     """The sizing and the five config messages, by model name."""
     if opts.profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES} (got {opts.profile!r})")
@@ -306,8 +345,8 @@ def build_configs(
     sizing = plan(opts, chunking, aggregator_facts)
     return sizing, {
         CHUNKER: chunker_config(sizing),
-        DISPATCHER: dispatcher_config(sizing, vector_size),
-        ENCODER: encoder_config(sizing, opts, vector_size),
+        DISPATCHER: dispatcher_config(sizing, vector_size, chunking),
+        ENCODER: encoder_config(sizing, opts, vector_size, chunking),
         AGGREGATOR: aggregator_config(sizing, vector_size, num_labels),
         ENSEMBLE: ensemble_config(sizing, num_labels),
     }

@@ -26,6 +26,16 @@ ONNX_FILE = "model.onnx"
 FP32_FALLBACK_FILE = "model_fp32.onnx"
 EXPORT_REPORT = "export_report.json"
 
+# Checkpoint layout (a `longdoc train` output, or any directory `longdoc export` reads):
+# the encoder's Hugging Face files, the head, the run's record, or the TF-IDF baseline.
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+HEAD_JSON = "head.json"
+HEAD_WEIGHTS = "head.safetensors"
+TRAINING_JSON = "training.json"
+TRAINING_PNG = "training.png"
+TFIDF_FILE = "tfidf.pkl"
+
 # --- ensemble I/O (what a client sends and gets) ------------------------------------
 TEXT = "TEXT"
 LOGITS = "LOGITS"
@@ -59,6 +69,14 @@ PARAM_ORT_BATCH = "ort_batch"  # portable encoder: windows per onnxruntime call 
 PARAM_ENCODER_MODEL = "encoder_model"  # dispatcher: the model it sends windows to
 PARAM_SLICE_WINDOWS = "slice_windows"  # dispatcher: windows per encoder request
 PARAM_INFLIGHT_SLICES = "inflight_slices"  # dispatcher: encoder requests out per document
+# dispatcher and portable encoder: the window lengths (comma-separated seq_buckets) and the
+# windows per document (max_windows) the export allows; other requests are refused.
+PARAM_SEQ_LENGTHS = "seq_lengths"
+PARAM_MAX_WINDOWS = "max_windows"
+# Metadata of the encoder ONNX graph (export.to_onnx): what the portable encoder checks ids
+# and window lengths against.
+META_VOCAB_SIZE = "vocab_size"
+META_MAX_POSITIONS = "max_positions"
 # Triton's onnxruntime backend's own key for intra-op threads (cpu/gpu profiles).
 PARAM_ORT_INTRA_OP_THREADS = "intra_op_thread_count"
 
@@ -74,13 +92,6 @@ DTYPES = {
     TOTAL_CHUNKS: "TYPE_INT32",
     CHUNK_LOGITS: "TYPE_FP32",
     CHUNK_SPANS: "TYPE_INT64",
-}
-NUMPY_DTYPES = {
-    "TYPE_STRING": "object",
-    "TYPE_INT64": "int64",
-    "TYPE_INT32": "int32",
-    "TYPE_FP32": "float32",
-    "TYPE_FP16": "float16",
 }
 
 # --- choices the CLIs offer ---------------------------------------------------------

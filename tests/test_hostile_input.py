@@ -23,6 +23,7 @@ import types
 import urllib.error
 import urllib.request
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -489,7 +490,7 @@ def test_memory_returns_to_baseline_after_hostile_burst(repo, serve, model, allo
     from loadgen import tree_footprint
     from tritonclient.utils import InferenceServerException
 
-    from longdoc.server.launcher import find_jemalloc
+    from longdoc.server.command import find_jemalloc
 
     if allocator == "jemalloc" and find_jemalloc() is None:
         pytest.skip("libjemalloc2 is not installed (apt-get install libjemalloc2)")
@@ -606,7 +607,7 @@ def test_request_size_limit_in_front_keeps_memory_at_baseline(repo, serve, model
 
     from loadgen import tree_footprint
 
-    from longdoc.server.launcher import free_ports, wait_ready
+    from longdoc.server.probe import free_ports, wait_ready
 
     nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
     if nginx is None:
@@ -622,7 +623,7 @@ def test_request_size_limit_in_front_keeps_memory_at_baseline(repo, serve, model
             grpc_port=grpc_port,
             http_url=served.http_url,
             grpc_url=served.grpc_url,
-        )  # fmt: skip
+        )
     )
     proxy = subprocess.Popen(
         [nginx, "-c", str(conf), "-p", str(tmp_path)],
@@ -677,3 +678,550 @@ def test_request_size_limit_in_front_keeps_memory_at_baseline(repo, serve, model
     finally:
         proxy.terminate()
         proxy.wait(timeout=30)
+
+
+# --------------------------------------------------------------------------- hostile clients
+# The composing models (encoder, dispatcher, aggregator) are reachable like the ensemble;
+# RELIABILITY.md "Hostile clients and neighbours". Unit tests run each model.py in-process
+# with a fake `triton_python_backend_utils`; the served tests poison a real server.
+
+MODELS = Path(__file__).resolve().parent.parent / "model_repository"
+HUGE_ID = 10**12  # what the poisoning clients sent (issue 18)
+
+
+def _load_model_py(name: str, monkeypatch, pb_utils=None) -> types.ModuleType:
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb_utils or _fake_pb_utils())
+    spec = importlib.util.spec_from_file_location(f"{name}_model", MODELS / name / "1/model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _request(**arrays) -> dict:
+    return {name: _FakeTensor(name, array) for name, array in arrays.items()}
+
+
+def _windows(rows: int, seq: int, value: int = 1000) -> dict:
+    ids = np.full((rows, seq), value, dtype=np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+
+def test_encoder_refuses_each_bad_request_alone(monkeypatch):
+    """One request of ids 10**12 (or any other bad request) is refused with INVALID_ARG;
+    the valid requests of the same call still run, merged into one onnxruntime call."""
+    module = _load_model_py("encoder", monkeypatch)
+    calls = []
+
+    class Session:
+        def run(self, names, feeds):
+            calls.append({k: v.copy() for k, v in feeds.items()})
+            return [np.zeros((len(feeds["input_ids"]), 3), dtype=np.float32)]
+
+    encoder = module.TritonPythonModel()
+    encoder.session, encoder.ort_batch, encoder.max_rows = Session(), 0, 64
+    encoder.vocab_size, encoder.seq_lengths = 30522, (64, 128)
+    good = _windows(2, 128)
+    bad_mask = _windows(1, 128)
+    bad_mask["attention_mask"][0, 5] = 7
+    cases = {
+        "good": good,
+        "id 10**12": _windows(4, 128, HUGE_ID),
+        "negative id": _windows(1, 128, -1),
+        "mask 7": bad_mask,
+        "seq 100": _windows(1, 100),
+        "shapes differ": {"input_ids": good["input_ids"], "attention_mask": np.ones((2, 64), int)},
+        "too many rows": _windows(65, 128),
+        "int32": {k: v.astype(np.int32) for k, v in _windows(1, 128).items()},
+        "good again": _windows(3, 128),
+    }
+    responses = encoder.execute([_request(**arrays) for arrays in cases.values()])
+    by_case = dict(zip(cases, responses))
+    for name in ("good", "good again"):
+        assert by_case[name].error is None, by_case[name].error.message
+        assert by_case[name].output_tensors[0].array.shape == (len(cases[name]["input_ids"]), 3)
+    for name, response in by_case.items():
+        if name.startswith("good"):
+            continue
+        assert response.error is not None, name
+        assert response.error.code == "INVALID_ARG", name
+        assert response.error.message.startswith("encoder: "), response.error.message
+    assert "must lie in [0, 30522)" in by_case["id 10**12"].error.message
+    assert "this export allows 64, 128" in by_case["seq 100"].error.message
+    assert len(calls) == 1 and calls[0]["input_ids"].shape == (5, 128)  # the valid rows only
+    assert calls[0]["input_ids"].max() == 1000
+
+
+def _fake_bls_pb_utils(sent: list) -> types.ModuleType:
+    """The fake utils plus a BLS request that records what the dispatcher sends."""
+    module = _fake_pb_utils()
+
+    class Response:
+        def __init__(self, rows):
+            self.rows = rows
+
+        def has_error(self):
+            return False
+
+        def output_tensors(self):
+            return []
+
+    class InferenceRequest:
+        def __init__(self, model_name, inputs, requested_output_names):
+            self.inputs = inputs
+
+        async def async_exec(self):
+            sent.append(len(self.inputs[0].array))
+            return Response(len(self.inputs[0].array))
+
+    module.InferenceRequest = InferenceRequest
+    module.get_output_tensor_by_name = lambda response, name: _FakeTensor(
+        name, np.zeros((response.rows, 3), dtype=np.float32)
+    )
+    module.TritonError.CANCELLED = "CANCELLED"
+    return module
+
+
+def _dispatcher(monkeypatch, sent: list, **params):
+    module = _load_model_py("dispatcher", monkeypatch, _fake_bls_pb_utils(sent))
+    dispatcher = module.TritonPythonModel()
+    config = {"parameters": {k: {"string_value": str(v)} for k, v in params.items()}}
+    dispatcher.initialize({"model_config": json.dumps(config)})
+    return dispatcher
+
+
+def test_dispatcher_refuses_what_the_chunker_never_sends(monkeypatch):
+    """[1000, 8] (a window length the export does not cut) and [10**6, 1] (over
+    max_windows) are refused with INVALID_ARG before any slice is sent to the encoder."""
+    import asyncio
+
+    sent = []
+    dispatcher = _dispatcher(
+        monkeypatch, sent, slice_windows=1, seq_lengths="64,128", max_windows=20000
+    )
+    cases = {
+        "[1000, 8]": _windows(1000, 8),
+        "[10**6, 1]": _windows(10**6, 1),
+        "[20001, 128]": _windows(20001, 128),
+        "[0, 128]": _windows(0, 128),
+        "shapes differ": {"input_ids": np.ones((2, 128), int), "attention_mask": np.ones((2, 64))},
+    }
+    started = time.perf_counter()
+    responses = asyncio.run(dispatcher.execute([_request(**a) for a in cases.values()]))
+    seconds = time.perf_counter() - started
+    for name, response in zip(cases, responses):
+        assert response.error is not None and response.error.code == "INVALID_ARG", name
+    assert "this export allows 1 to 20000 per document" in responses[1].error.message
+    assert "windows of 8 tokens; this export allows 64, 128" in responses[0].error.message
+    assert sent == [] and seconds < 5, (sent, seconds)
+    good = asyncio.run(dispatcher.execute([_request(**_windows(3, 128))]))[0]
+    assert good.error is None and sent == [1, 1, 1]
+
+
+def test_dispatcher_stops_a_cancelled_request(monkeypatch):
+    """A request cancelled after its second slice sends no third one and is answered
+    CANCELLED (``request.is_cancelled()``, which Triton 2.51's python backend offers)."""
+    import asyncio
+
+    sent = []
+    dispatcher = _dispatcher(monkeypatch, sent, slice_windows=2)
+
+    class Request(dict):
+        def is_cancelled(self):
+            return len(sent) >= 2
+
+    request = Request(_request(**_windows(100, 128)))
+    response = asyncio.run(dispatcher.execute([request]))[0]
+    assert response.error is not None and response.error.code == "CANCELLED"
+    assert sent == [2, 2], sent
+
+
+def test_triton_python_backend_offers_request_cancellation():
+    """The dispatcher's cancellation check relies on ``InferenceRequest.is_cancelled`` in
+    the python backend stub that `longdoc serve` runs (Triton 2.51, pytriton's build)."""
+    from longdoc.server.binary import find_tritonserver
+
+    try:
+        server = find_tritonserver()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    stub = server.parent.parent / "backends" / "python" / "triton_python_backend_stub"
+    if not stub.is_file():
+        pytest.skip(f"no python backend stub next to {server}")
+    assert b"is_cancelled" in stub.read_bytes()
+
+
+def test_aggregator_refuses_nan_inf_and_zero_windows(monkeypatch):
+    module = _load_model_py("aggregator", monkeypatch)
+
+    class Session:
+        def run(self, names, feeds):
+            n = len(feeds["chunk_vectors"])
+            return [np.zeros(3), np.full(3, 1 / 3), np.zeros((n, 3))]
+
+    aggregator = module.TritonPythonModel()
+    aggregator.session = Session()
+    vectors = np.ones((4, 3), dtype=np.float32)
+    cases = {
+        "good": vectors,
+        "NaN": np.where(np.eye(4, 3) > 0, np.nan, vectors).astype(np.float32),
+        "inf": np.full((2, 3), np.inf, dtype=np.float32),
+        "-inf": np.full((2, 3), -np.inf, dtype=np.float32),
+        "zero windows": np.zeros((0, 3), dtype=np.float32),
+    }
+    responses = aggregator.execute([_request(chunk_vectors=v) for v in cases.values()])
+    assert responses[0].error is None
+    for name, response in list(zip(cases, responses))[1:]:
+        assert response.error is not None and response.error.code == "INVALID_ARG", name
+    assert "NaN or infinite" in responses[1].error.message
+    assert "at least one window" in responses[4].error.message
+
+
+# --------------------------------------------------------------------------- classify DIR
+
+
+def _hostile_folder(tmp_path: Path) -> tuple[Path, dict[str, str | None]]:
+    """A folder of documents and things that are not: name -> error substring (None: read)."""
+    docs, outside = tmp_path / "docs", tmp_path / "outside"
+    (docs / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret.txt").write_text("a secret from outside the folder")
+    (docs / "a.txt").write_text("a contract between two parties")
+    (docs / "sub" / "b.txt").write_text("a filing in a subfolder")
+    (docs / "big.txt").write_bytes(b"x" * 1001)
+    (docs / "at-limit.txt").write_bytes(b"y" * 1000)
+    (docs / "inside-link.txt").symlink_to(docs / "a.txt")
+    (docs / "passwd.txt").symlink_to("/etc/passwd")
+    (docs / "secret.txt").symlink_to(outside / "secret.txt")
+    (docs / "zero.txt").symlink_to("/dev/zero")
+    (docs / "linked-folder").symlink_to(outside, target_is_directory=True)
+    os.mkfifo(docs / "fifo.txt")
+    expected = {
+        "a.txt": None,
+        "at-limit.txt": None,
+        "big.txt": "over the limit of 1000 bytes",
+        "fifo.txt": "not a regular file",
+        "inside-link.txt": None,
+        "passwd.txt": "outside",
+        "secret.txt": "outside",
+        "sub/b.txt": None,
+        "zero.txt": "outside",
+    }
+    return docs, expected
+
+
+def _in_thread(function, timeout_s: float = 60.0):
+    """``function()`` in a thread; fails (instead of hanging the run) if it blocks."""
+    import threading
+
+    out = {}
+
+    def target():
+        try:
+            out["value"] = function()
+        except BaseException as exc:  # re-raised in the test's thread
+            out["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    assert not thread.is_alive(), f"{function} did not return within {timeout_s} s (a FIFO?)"
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def test_classify_dir_reads_regular_files_inside_only(tmp_path):
+    """`longdoc classify DIR` reads regular files inside DIR, each at most --max-bytes:
+    no symbolic link leaving it (/etc/passwd), no FIFO (would hang), no /dev/zero, no
+    linked folder; each refused file is that document's error, the others are read."""
+    from longdoc.client.cli import Unreadable, iter_documents
+
+    docs, expected = _hostile_folder(tmp_path)
+    read = _in_thread(lambda: list(iter_documents([str(docs)], max_bytes=1000)))
+    got = {str(Path(doc_id).relative_to(docs)): data for doc_id, data in read}
+    assert sorted(got) == sorted(expected), got
+    for name, error in expected.items():
+        if error is None:
+            assert isinstance(got[name], bytes), (name, got[name])
+        else:
+            assert isinstance(got[name], Unreadable), (name, got[name])
+            assert error in str(got[name]) and name in str(got[name]), str(got[name])
+    assert got["inside-link.txt"] == got["a.txt"] == b"a contract between two parties"
+    assert got["at-limit.txt"] == b"y" * 1000
+
+
+def test_classify_dir_reports_refused_files_and_classifies_the_rest(tmp_path, monkeypatch, capsys):
+    """The command line: one error line per refused file, the readable ones are sent (and
+    only they), exit 1 because some documents failed."""
+    from types import SimpleNamespace
+
+    import longdoc.client.classifier as classifier
+
+    from longdoc import cli
+
+    docs, expected = _hostile_folder(tmp_path)
+    sent = []
+
+    class FakeClient:
+        def __init__(self, **kwargs):
+            pass
+
+        def classify(self, texts, ids, concurrency, on_result):
+            sent.extend(ids)
+            return [
+                SimpleNamespace(
+                    ok=True,
+                    id=doc_id,
+                    label="contract",
+                    probabilities=[1.0],
+                    top=lambda k: [("contract", 1.0)],
+                    num_chunks=1,
+                    total_chunks=1,
+                )
+                for doc_id in ids
+            ]
+
+    monkeypatch.setattr(classifier, "DocumentClassifierClient", FakeClient)
+    status = _in_thread(lambda: cli.main(["classify", str(docs), "--max-bytes", "1000"]))
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    by_name = {str(Path(line["id"]).relative_to(docs)): line for line in lines}
+    assert sorted(by_name) == sorted(expected)
+    for name, error in expected.items():
+        if error is None:
+            assert by_name[name]["label"] == "contract", by_name[name]
+        else:
+            assert error in by_name[name]["error"], by_name[name]
+    assert sorted(Path(i).relative_to(docs).as_posix() for i in sent) == sorted(
+        name for name, error in expected.items() if error is None
+    )
+    assert status == 1
+
+
+# --------------------------------------------------------------------------- served, hostile
+
+
+def _direct(served, model_name: str, arrays: dict[str, np.ndarray]):
+    """One gRPC request straight to a composing model: (error or None, seconds)."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+    client = grpcclient.InferenceServerClient(served.grpc_url)
+    inputs = []
+    for name, array in arrays.items():
+        tensor = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    started = time.perf_counter()
+    try:
+        client.infer(model_name, inputs, client_timeout=300)
+        error = None
+    except InferenceServerException as exc:
+        error = exc
+    finally:
+        client.close()
+    return error, time.perf_counter() - started
+
+
+def test_poisoned_encoder_requests_fail_no_other_document(served, model):
+    """Issue 18 item 2: four clients send the encoder ids of 10**12 directly while 16
+    documents are classified. Before the fix 9-11 of the 16 failed (the merged batch failed
+    in EmbedLayerNormalization); now each poisoned request is refused on its own
+    (INVALID_ARG) and all 16 documents are answered, equal to the reference."""
+    import threading
+
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    docs = [corpus.document(150 + 90 * i, seed=600 + i) for i in range(16)]
+    expected = reference(model, docs)
+    stop, refused, other = threading.Event(), [], []
+    ids = np.full((4, CHUNKING["max_length"]), HUGE_ID, dtype=np.int64)
+
+    def poison():
+        client = grpcclient.InferenceServerClient(served.grpc_url)
+        inputs = [grpcclient.InferInput(name, list(ids.shape), "INT64") for name in MASK_IDS]
+        inputs[0].set_data_from_numpy(ids)
+        inputs[1].set_data_from_numpy(np.ones_like(ids))
+        while not stop.is_set():
+            try:
+                client.infer("encoder", inputs, client_timeout=120)
+                other.append("answered")
+            except InferenceServerException as exc:
+                (refused if exc.status() == "StatusCode.INVALID_ARGUMENT" else other).append(
+                    exc.message()
+                )
+        client.close()
+
+    threads = [threading.Thread(target=poison, daemon=True) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    started = time.perf_counter()
+    client = DocumentClassifierClient(served.grpc_url, "grpc", retries=0, timeout_s=300)
+    results = client.classify(docs, concurrency=8)
+    seconds = time.perf_counter() - started
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=180)
+    failed = [r.error for r in results if not r.ok]
+    figures = {
+        "documents": len(docs),
+        "documents_failed": len(failed),
+        "windows": sum(r.num_chunks or 0 for r in results),
+        "poisoned_requests_refused": len(refused),
+        "poisoned_requests_otherwise": len(other),
+        "refusal": refused[0] if refused else None,
+        "seconds": round(seconds, 2),
+        "load": "4 poisoning clients + 16 documents at concurrency 8, tiny preset, 2 cores "
+        "shared with other work",
+    }
+    save_results(RESULTS, "poisoned encoder requests", figures)
+    assert not failed, figures
+    assert refused and not other, figures
+    assert "must lie in [0, 30522)" in refused[0], figures
+    for result, want in zip(results, expected):
+        check_against_reference(result, want)
+    assert_ready(served)
+
+
+MASK_IDS = ("input_ids", "attention_mask")
+
+
+def _ones(rows: int, seq: int) -> np.ndarray:
+    return np.ones((rows, seq), dtype=np.int64)
+
+
+def test_composing_models_refuse_direct_hostile_requests(served):
+    """Issue 18 item 3 (and item 2's other checks), against the served models: the
+    dispatcher refuses [1000, 8] and [10**6, 1] at once; the aggregator NaN, inf and zero
+    windows; the encoder masks other than 0/1, other window lengths, unequal shapes."""
+    seq = CHUNKING["max_length"]
+    nan = np.ones((2, 3), dtype=np.float32)
+    nan[1, 1] = np.nan
+    bad_mask = _windows(2, seq)
+    bad_mask["attention_mask"][1, 3] = 2
+    cases = {
+        "dispatcher [1000, 8]": ("dispatcher", _windows(1000, 8), "windows of 8 tokens"),
+        "dispatcher [10**6, 1]": ("dispatcher", _windows(10**6, 1), "1 to 20000 per document"),
+        "dispatcher shapes differ": (
+            "dispatcher",
+            {"input_ids": _ones(2, seq), "attention_mask": _ones(3, seq)},
+            "of one shape",
+        ),
+        "aggregator NaN": ("aggregator", {"chunk_vectors": nan}, "NaN or infinite"),
+        "aggregator inf": (
+            "aggregator",
+            {"chunk_vectors": np.full((1, 3), np.inf, np.float32)},
+            "NaN or infinite",
+        ),
+        "aggregator zero windows": (
+            "aggregator",
+            {"chunk_vectors": np.zeros((0, 3), np.float32)},
+            "at least one window",
+        ),
+        "encoder mask 2": ("encoder", bad_mask, "must be 0 or 1"),
+        "encoder seq 100": ("encoder", _windows(2, 100), "windows of 100 tokens"),
+        "encoder shapes differ": (
+            "encoder",
+            {"input_ids": _ones(2, seq), "attention_mask": _ones(2, 64)},
+            "differ",
+        ),
+    }
+    figures = {}
+    for name, (model_name, arrays, expect) in cases.items():
+        error, seconds = _direct(served, model_name, arrays)
+        figures[name] = {
+            "status": error and str(error.status()),
+            "error": error and error.message(),
+            "seconds": round(seconds, 3),
+        }
+        assert error is not None, name
+        assert error.status() == "StatusCode.INVALID_ARGUMENT", (name, figures[name])
+        assert expect in error.message(), (name, figures[name])
+    save_results(RESULTS, "direct hostile requests", figures)
+    for name in ("dispatcher [1000, 8]", "dispatcher [10**6, 1]"):
+        assert figures[name]["seconds"] < 10, figures  # at once, not after 10 s of slices
+    assert_ready(served)
+
+
+def test_encoder_graph_clamps_what_the_onnxruntime_backend_runs(repo):
+    """The cpu/gpu profiles run the ONNX file in Triton's onnxruntime backend, where one
+    bad row would fail the merged batch: the graph clamps ids and mask, so a batch with
+    rows of 10**12, -5 and mask 7 runs, and its valid rows equal those of a clean batch.
+    The fused ops are still there, and the graph records its vocabulary."""
+    import onnx
+    from longdoc.export.graph import onnx_facts
+
+    from longdoc.runtime import make_session
+
+    path = repo / "encoder/1/model.onnx"
+    session = make_session(path, threads=1)
+    meta = session.get_modelmeta().custom_metadata_map
+    assert meta["vocab_size"] == "30522" and meta["max_positions"] == "512", meta
+    ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+    assert {"EmbedLayerNormalization", "Attention", "Clip"} <= ops, sorted(ops)
+    assert onnx_facts(path)["fused_ops"].get("Attention"), onnx_facts(path)
+    seq = CHUNKING["max_length"]
+    rng = np.random.default_rng(0)
+    good = rng.integers(0, 30522, size=(3, seq), dtype=np.int64)
+    mask = np.ones_like(good)
+    mask[1, 40:] = 0
+    bad = np.stack([np.full(seq, HUGE_ID), np.full(seq, -5), good[0]])
+    bad_mask = np.ones_like(bad)
+    bad_mask[2] = 7
+    clean = session.run(None, {"input_ids": good, "attention_mask": mask})[0]
+    feeds = dict(zip(MASK_IDS, (np.concatenate([good, bad]), np.concatenate([mask, bad_mask]))))
+    mixed = session.run(None, feeds)[0]
+    np.testing.assert_allclose(mixed[:3], clean, atol=1e-5)
+    assert np.isfinite(mixed).all()
+
+
+def test_dispatcher_stops_when_the_client_cancels(served):
+    """A client that gives up on a long direct dispatcher request (gRPC cancel): the
+    dispatcher sends no further slice (``request.is_cancelled()``), so the encoder stops
+    receiving that request's windows soon after, not after the whole request."""
+    import tritonclient.grpc as grpcclient
+
+    from longdoc import contract
+
+    windows = 3000
+    arrays = _windows(windows, CHUNKING["max_length"])
+
+    def encoded() -> int:
+        stats = grpcclient.InferenceServerClient(served.grpc_url)
+        try:
+            model_stats = stats.get_inference_statistics(contract.ENCODER, as_json=True)
+            return int(model_stats["model_stats"][0].get("inference_count", 0))
+        finally:
+            stats.close()
+
+    before = encoded()
+    client = grpcclient.InferenceServerClient(served.grpc_url)
+    inputs = []
+    for name, array in arrays.items():
+        tensor = grpcclient.InferInput(name, list(array.shape), "INT64")
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    answers = []
+    call = client.async_infer("dispatcher", inputs, callback=lambda r, e: answers.append(e))
+    deadline = time.time() + 120
+    while encoded() - before < 20 and time.time() < deadline:
+        time.sleep(0.2)
+    at_cancel = encoded() - before
+    call.cancel()
+    time.sleep(3.0)
+    settled = encoded() - before
+    time.sleep(3.0)
+    later = encoded() - before
+    client.close()
+    figures = {
+        "windows_sent": windows,
+        "encoded_at_cancel": at_cancel,
+        "encoded_3s_after": settled,
+        "encoded_6s_after": later,
+        "answer": str(answers[0]) if answers else None,
+    }
+    save_results(RESULTS, "cancelled dispatcher request", figures)
+    assert 20 <= at_cancel < windows, figures
+    assert later == settled and later < windows, figures
+    assert_ready(served)
