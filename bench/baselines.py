@@ -1,15 +1,18 @@
 """The baselines `longdoc bench --baselines` runs in the same process, on the same documents.
 
-* ``ort_batched`` (the ceiling for the server): ``OnnxPipeline.classify_batched`` over the
+Each computes its logits through the classifier interface (``longdoc.results.Classifier``):
+
+* ``ort_batched`` (the ceiling for the server): ``OnnxPipeline.classify`` over the
   served repository's own ONNX files, tokenizer and chunking: windows of several documents
   with the same padded length share one onnxruntime call of at most the encoder's
   ``max_batch_size`` windows, as Triton's dynamic batcher does, with no server in between.
   Documents go in groups of the sweep's highest concurrency (the most documents the server
   ever has in flight).
-* ``ort_single``: the same pipeline one document at a time (``classify``): the in-process
+* ``ort_single``: the same pipeline one document at a time (``classify([text])``): the in-process
   latency of each document, to set against the server's at concurrency 1.
 * ``naive``: the loop people write first: PyTorch eager, one window at a time, every window
-  padded to ``max_length`` (no buckets, no batching), same windows and weights.
+  padded to ``max_length`` (no buckets, no batching), same windows and weights: the
+  reference classifier with ``batch_size=1, pad_to_max_length=True``.
 
 Each runs until the corpus is done or its time limit passes (checked between documents or
 groups), and reports documents, windows and document tokens per second. ``ratios`` and
@@ -46,26 +49,31 @@ def _rates(done: list, seconds: float) -> dict:
 
 
 def ort_batched(
-    repository: str | Path, texts: list[str], docs, threads: int | None, group: int,
-    time_limit_s: float, max_batch: int | None = None,
-) -> dict:  # fmt: skip
+    repository: str | Path,
+    texts: list[str],
+    docs,
+    threads: int | None,
+    group: int,
+    time_limit_s: float,
+    max_batch: int | None = None,
+) -> dict:
     from longdoc.runtime import OnnxPipeline
 
     max_batch = max_batch or encoder_max_batch(repository)
     pipeline = OnnxPipeline(repository, threads=threads, max_batch=max_batch)
-    pipeline.classify_batched(texts[: min(2, len(texts))])  # warm-up: sessions, arenas
+    pipeline.classify(texts[: min(2, len(texts))])  # warm-up: sessions, arenas
     labels: dict[int, int] = {}
     started = time.perf_counter()
     done = 0
     while done < len(texts) and time.perf_counter() - started < time_limit_s:
         batch = texts[done : done + group]
-        for offset, result in enumerate(pipeline.classify_batched(batch)):
+        for offset, result in enumerate(pipeline.classify(batch)):
             labels[done + offset] = int(np.argmax(result.logits))
         done += len(batch)
     seconds = time.perf_counter() - started
     out = _rates(docs[:done], seconds)
     return out | {
-        "description": f"in-process onnxruntime, classify_batched, groups of {group} docs, "
+        "description": f"in-process onnxruntime, classify, groups of {group} docs, "
         f"max {pipeline.max_batch} windows per call, threads {threads or 'all'}",
         "complete": done == len(texts),
         "labels": labels,
@@ -73,9 +81,13 @@ def ort_batched(
 
 
 def ort_single(
-    repository: str | Path, texts: list[str], docs, threads: int | None, time_limit_s: float,
+    repository: str | Path,
+    texts: list[str],
+    docs,
+    threads: int | None,
+    time_limit_s: float,
     max_batch: int | None = None,
-) -> dict:  # fmt: skip
+) -> dict:
     from longdoc.runtime import OnnxPipeline
 
     max_batch = max_batch or encoder_max_batch(repository)
@@ -95,7 +107,7 @@ def ort_single(
     done = len(latencies)
     out = _rates(docs[:done], seconds)
     return out | {
-        "description": "in-process onnxruntime, classify, one document at a time, max "
+        "description": "in-process onnxruntime, classify([text]), one document at a time, max "
         f"{pipeline.max_batch} windows per call",
         "complete": done == len(texts),
         "latency_ms": latency_summary(list(latencies.values())),
@@ -105,9 +117,12 @@ def ort_single(
 
 
 def load_reference_model(
-    repository: str | Path, checkpoint: str | None = None, preset: str | None = None,
-    head: str | None = None, random_head: bool | None = None,
-):  # fmt: skip
+    repository: str | Path,
+    checkpoint: str | None = None,
+    preset: str | None = None,
+    head: str | None = None,
+    random_head: bool | None = None,
+):
     """The PyTorch model behind the repository: ``checkpoint``/``preset`` when given, else
     the source recorded in its ``export_report.json``; labels and chunking from the
     repository."""
@@ -146,28 +161,10 @@ def naive(model, texts: list[str], docs, time_limit_s: float) -> dict:
     """PyTorch eager, one window at a time, each padded to ``max_length``."""
     import torch
 
-    from longdoc.chunking import chunk_text, load_tokenizer, special_ids
+    from longdoc.reference import ReferenceClassifier
 
-    tokenizer = load_tokenizer(model.tokenizer_path)
-    cfg = model.chunking
-    pad_id = special_ids(tokenizer)[2]
-    length = cfg.max_length
-
-    @torch.inference_mode()
-    def classify(text: str) -> int:
-        chunks = chunk_text(text, tokenizer, cfg)
-        vectors = []
-        for row in range(chunks.num_chunks):
-            ids = torch.full((1, length), pad_id, dtype=torch.int64)
-            mask = torch.zeros((1, length), dtype=torch.int64)
-            ids[0, : chunks.seq_len] = torch.from_numpy(chunks.input_ids[row])
-            mask[0, : chunks.seq_len] = torch.from_numpy(chunks.attention_mask[row])
-            vectors.append(model.encoder(ids, mask))
-        stacked = torch.cat(vectors).unsqueeze(0)
-        logits, _ = model.aggregator(stacked, torch.ones(stacked.shape[:2], dtype=torch.int64))
-        return int(torch.argmax(logits[0]))
-
-    classify(texts[0])  # warm-up
+    classifier = ReferenceClassifier(model, batch_size=1, pad_to_max_length=True)
+    classifier.classify(texts[:1])  # warm-up
     latencies: list[float] = []
     labels: dict[int, int] = {}
     started = time.perf_counter()
@@ -175,14 +172,14 @@ def naive(model, texts: list[str], docs, time_limit_s: float) -> dict:
         if time.perf_counter() - started >= time_limit_s:
             break
         t0 = time.perf_counter()
-        labels[index] = classify(text)
+        labels[index] = classifier.classify([text])[0].index
         latencies.append(time.perf_counter() - t0)
     seconds = time.perf_counter() - started
     done = len(latencies)
     out = _rates(docs[:done], seconds)
     return out | {
         "description": f"PyTorch eager ({model.source}), one window at a time, every window "
-        f"padded to {length}, {torch.get_num_threads()} threads",
+        f"padded to {model.chunking.max_length}, {torch.get_num_threads()} threads",
         "complete": done == len(texts),
         "latency_ms": latency_summary(latencies),
         "labels": labels,
@@ -195,7 +192,7 @@ def _measured(call: Callable[[], dict], cfg=None, log: Callable[[str], None] = p
     other processes used more than that."""
     monitor = CpuMonitor()
     threshold = getattr(cfg, "max_other_cores", None)
-    attempts = 1 + (cfg.retries if threshold is not None else 0)
+    attempts = 1 + (cfg.remeasure if threshold is not None else 0)
     for attempt in range(attempts):
         if attempt:
             if not monitor.wait_quiet(threshold, cfg.quiet_timeout_s, log):
@@ -266,7 +263,7 @@ def reference_labels(repository: str | Path, texts: list[str], threads: int | No
     pipeline = OnnxPipeline(repository, threads=threads, max_batch=encoder_max_batch(repository))
     labels = {}
     for start in range(0, len(texts), 16):
-        for offset, result in enumerate(pipeline.classify_batched(texts[start : start + 16])):
+        for offset, result in enumerate(pipeline.classify(texts[start : start + 16])):
             labels[start + offset] = int(np.argmax(result.logits))
     return labels
 

@@ -72,19 +72,34 @@ def architecture(repository: str | Path) -> dict:
         from longdoc.presets import PRESETS
 
         p = PRESETS[source.split(":", 1)[1]]
-        return _arch(p["num_hidden_layers"], p["hidden_size"], p["intermediate_size"],
-                     p["num_attention_heads"], source)  # fmt: skip
+        return _arch(
+            p["num_hidden_layers"],
+            p["hidden_size"],
+            p["intermediate_size"],
+            p["num_attention_heads"],
+            source,
+        )
     config = Path(source) / "config.json" if source else None
     if config and config.is_file():
         c = json.loads(config.read_text())
-        return _arch(c["num_hidden_layers"], c["hidden_size"], c["intermediate_size"],
-                     c["num_attention_heads"], source)  # fmt: skip
+        return _arch(
+            c["num_hidden_layers"],
+            c["hidden_size"],
+            c["intermediate_size"],
+            c["num_attention_heads"],
+            source,
+        )
     return _arch_from_graph(repo / contract.ENCODER / "1" / contract.ONNX_FILE, source)
 
 
 def _arch(layers: int, hidden: int, ffn: int, heads: int, source: str) -> dict:
-    return {"layers": int(layers), "hidden": int(hidden), "ffn": int(ffn), "heads": int(heads),
-            "source": source}  # fmt: skip
+    return {
+        "layers": int(layers),
+        "hidden": int(hidden),
+        "ffn": int(ffn),
+        "heads": int(heads),
+        "source": source,
+    }
 
 
 def _arch_from_graph(path: Path, source: str) -> dict:
@@ -98,10 +113,13 @@ def _arch_from_graph(path: Path, source: str) -> dict:
     heads = next(a.i for a in attn[0].attribute if a.name == "num_heads")
     hidden = shapes[attn[0].input[1]][0]
     ffn = next(
-        (shapes[n.input[1]][0] for n in model.graph.node
-         if n.op_type in ("BiasGelu", "FastGelu") and n.input[1] in shapes),
+        (
+            shapes[n.input[1]][0]
+            for n in model.graph.node
+            if n.op_type in ("BiasGelu", "FastGelu") and n.input[1] in shapes
+        ),
         4 * hidden,
-    )  # fmt: skip
+    )
     return _arch(len(attn), hidden, ffn, heads, source)
 
 
@@ -144,11 +162,12 @@ def matmul_model(shape: dict, seed: int = 0):
     lead = [shape["batch"]] if shape["batch"] > 1 else []
     w = rng.standard_normal([*lead, shape["k"], shape["n"]], dtype=np.float32) * 0.05
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["A", "W"], ["Y"], name="gemm")], "gemm",
+        [helper.make_node("MatMul", ["A", "W"], ["Y"], name="gemm")],
+        "gemm",
         [helper.make_tensor_value_info("A", TensorProto.FLOAT, [*lead, shape["m"], shape["k"]])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [*lead, shape["m"], shape["n"]])],
         [numpy_helper.from_array(w, "W")],
-    )  # fmt: skip
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -167,12 +186,14 @@ def _quantize(src: Path, dst: Path, options: dict) -> None:
         logging.disable(logging.NOTSET)
 
 
-def _quantize_dynamic(src, dst, options, quantize_dynamic, QuantType) -> None:  # noqa: N803
+def _quantize_dynamic(src, dst, options, quantize_dynamic, QuantType) -> None:
     quantize_dynamic(
-        str(src), str(dst), per_channel=options.get("per_channel", False),
+        str(src),
+        str(dst),
+        per_channel=options.get("per_channel", False),
         reduce_range=options.get("reduce_range", False),
         weight_type=getattr(QuantType, options.get("weight_type", "QInt8")),
-    )  # fmt: skip
+    )
 
 
 def _session(path: Path, threads: int | None, profile: bool = False):
@@ -223,9 +244,14 @@ def _profiled_kernels(session) -> dict:
 
 
 def measure_gemm(
-    shape: dict, precision: str, threads: int | None = None, min_time_s: float = 0.5,
-    int8: dict | None = None, workdir: Path | None = None, profile: bool = False,
-) -> dict:  # fmt: skip
+    shape: dict,
+    precision: str,
+    threads: int | None = None,
+    min_time_s: float = 0.5,
+    int8: dict | None = None,
+    workdir: Path | None = None,
+    profile: bool = False,
+) -> dict:
     """One matrix product's rate through onnxruntime, FP32 or the ``quantize_dynamic`` path."""
     import onnx
 
@@ -272,10 +298,15 @@ def window_lengths(docs) -> Counter:
 
 
 def ceiling_for(
-    arch: dict, lengths: Counter, precision: str, threads: int | None = None,
-    min_time_s: float = 0.5, int8: dict | None = None, profile: bool = True,
+    arch: dict,
+    lengths: Counter,
+    precision: str,
+    threads: int | None = None,
+    min_time_s: float = 0.5,
+    int8: dict | None = None,
+    profile: bool = True,
     cache: dict | None = None,
-) -> dict:  # fmt: skip
+) -> dict:
     """GEMM rates at every shape of the corpus's windows, and the ceiling they give.
     ``cache`` (shared between precisions) keeps FP32 products measured once: attention's
     two products are FP32 in both graphs."""
@@ -290,8 +321,9 @@ def ceiling_for(
                 runs_as = precision if shape["quantized"] else "fp32"
                 key = (runs_as, *(shape[k] for k in ("m", "k", "n", "batch")))
                 if key not in cache:
-                    cache[key] = measure_gemm(shape, runs_as, threads, min_time_s, int8, tmp,
-                                              profile=first)  # fmt: skip
+                    cache[key] = measure_gemm(
+                        shape, runs_as, threads, min_time_s, int8, tmp, profile=first
+                    )
                 gemms.append(cache[key])
             seconds = arch["layers"] * sum(g["flops"] / (g["gflops_per_s"] * 1e9) for g in gemms)
             per_len[seq] = {
@@ -300,8 +332,14 @@ def ceiling_for(
                 "ceiling_s_per_window": seconds,
                 "gemms": gemms,
             }
-        square = {"name": "square", "m": SQUARE, "k": SQUARE, "n": SQUARE, "batch": 1,
-                  "quantized": True}  # fmt: skip
+        square = {
+            "name": "square",
+            "m": SQUARE,
+            "k": SQUARE,
+            "n": SQUARE,
+            "batch": 1,
+            "quantized": True,
+        }
         big = measure_gemm(square, precision, threads, min_time_s, int8, tmp, profile=profile)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -344,8 +382,9 @@ def served_fraction(ceiling: dict, docs, served: dict | None) -> dict | None:
 # ---------------------------------------------------------------------------------------
 
 
-def encoder_profile(repository: str | Path, seq: int = 512, threads: int | None = None,
-                    runs: int = 3) -> dict:  # fmt: skip
+def encoder_profile(
+    repository: str | Path, seq: int = 512, threads: int | None = None, runs: int = 3
+) -> dict:
     """Time per op type (and the provider) of one window of ``seq`` tokens through the
     repository's encoder, from onnxruntime's profile."""
     src = Path(repository) / contract.ENCODER / "1" / contract.ONNX_FILE
@@ -364,10 +403,13 @@ def encoder_profile(repository: str | Path, seq: int = 512, threads: int | None 
         shutil.rmtree(tmp, ignore_errors=True)
     total = sum(k["us"] for k in kernels.values()) or 1
     ops = {
-        op: {"provider": k["provider"], "ms_per_window": k["us"] / runs / 1000,
-             "share": k["us"] / total}
+        op: {
+            "provider": k["provider"],
+            "ms_per_window": k["us"] / runs / 1000,
+            "share": k["us"] / total,
+        }
         for op, k in sorted(kernels.items(), key=lambda kv: -kv[1]["us"])
-    }  # fmt: skip
+    }
     return {"seq": seq, "runs": runs, "ms_per_window": total / runs / 1000, "ops": ops}
 
 
@@ -387,33 +429,69 @@ def perf_kernels(precision: str, shape: dict | None = None, seconds: float = 2.0
     each hot cluster of addresses (the kernel's loop) with the ISA markers it contains."""
     if not shutil.which("perf") or not shutil.which("objdump"):
         return {"available": False, "reason": "perf or objdump not installed"}
-    shape = shape or {"name": "square", "m": 1024, "k": 1024, "n": 1024, "batch": 1,
-                      "quantized": True}  # fmt: skip
+    shape = shape or {
+        "name": "square",
+        "m": 1024,
+        "k": 1024,
+        "n": 1024,
+        "batch": 1,
+        "quantized": True,
+    }
     tmp = Path(tempfile.mkdtemp(prefix="perf_"))
     child = None
     try:
         data = tmp / "perf.data"
         child = subprocess.Popen(
-            [sys.executable, "-m", "longdoc.bench.ceiling", "--spin", precision,
-             "--spin-shape", json.dumps(shape), "--spin-seconds", str(seconds + 60)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "longdoc.bench.ceiling",
+                "--spin",
+                precision,
+                "--spin-shape",
+                json.dumps(shape),
+                "--spin-seconds",
+                str(seconds + 60),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         if child.stdout.readline().strip() != "ready":
             return {"available": False, "reason": "the GEMM child did not start"}
         rec = subprocess.run(
-            ["perf", "record", "-q", "-o", str(data), "-p", str(child.pid), "--", "sleep",
-             str(seconds)], capture_output=True, text=True, timeout=60 + seconds,
-        )  # fmt: skip
+            [
+                "perf",
+                "record",
+                "-q",
+                "-o",
+                str(data),
+                "-p",
+                str(child.pid),
+                "--",
+                "sleep",
+                str(seconds),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60 + seconds,
+        )
         bases = _load_bases(child.pid)
         child.kill()
         if not data.exists():
             return {"available": False, "reason": (rec.stderr or rec.stdout)[-300:]}
         script = subprocess.run(
-            ["perf", "script", "-i", str(data), "-F", "ip,dso"], capture_output=True,
-            text=True, timeout=120,
-        )  # fmt: skip
-        return {"available": True, "precision": precision, "shape": shape,
-                **_classify_samples(script.stdout, bases)}  # fmt: skip
+            ["perf", "script", "-i", str(data), "-F", "ip,dso"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        return {
+            "available": True,
+            "precision": precision,
+            "shape": shape,
+            **_classify_samples(script.stdout, bases),
+        }
     except (OSError, subprocess.SubprocessError) as exc:
         return {"available": False, "reason": str(exc)}
     finally:
@@ -463,8 +541,15 @@ def _classify_samples(
                 continue
             if group:
                 n = sum(ips[(dso, a)] for a in group)
-                clusters.append({"dso": Path(dso).name, "path": dso, "start": group[0],
-                                 "end": group[-1], "samples": n})  # fmt: skip
+                clusters.append(
+                    {
+                        "dso": Path(dso).name,
+                        "path": dso,
+                        "start": group[0],
+                        "end": group[-1],
+                        "samples": n,
+                    }
+                )
             group = [ip] if ip is not None else []
     clusters.sort(key=lambda c: -c["samples"])
     hottest = []
@@ -473,8 +558,15 @@ def _classify_samples(
         found = _isa_in(Path(c.pop("path")), c["start"], c["end"] + 16)
         for k, v in found.items():
             seen[k] += c["samples"] if v else 0
-        hottest.append(c | {"start": hex(c["start"]), "end": hex(c["end"]),
-                            "share": c["samples"] / total, "instructions": found})  # fmt: skip
+        hottest.append(
+            c
+            | {
+                "start": hex(c["start"]),
+                "end": hex(c["end"]),
+                "share": c["samples"] / total,
+                "instructions": found,
+            }
+        )
     return {
         "samples": total,
         "by_library": {k: v / total for k, v in by_dso.most_common(5)},
@@ -488,10 +580,18 @@ def _isa_in(lib: Path, start: int, stop: int) -> dict:
     if not lib.is_file():
         return {}
     out = subprocess.run(
-        ["objdump", "-d", "--no-show-raw-insn", f"--start-address={start:#x}",
-         f"--stop-address={stop:#x}", str(lib)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            "objdump",
+            "-d",
+            "--no-show-raw-insn",
+            f"--start-address={start:#x}",
+            f"--stop-address={stop:#x}",
+            str(lib),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     counts = {k: 0 for k in ISA_PATTERNS}
     for line in out.stdout.splitlines():
         for name, pattern in ISA_PATTERNS.items():
@@ -530,10 +630,15 @@ def _spin(precision: str, shape: dict, seconds: float) -> None:
 
 
 def run_ceiling(
-    repository: str | Path, docs, served: dict | None = None, threads: int | None = None,
-    min_time_s: float = 0.5, precisions: tuple[str, ...] | None = None, perf: bool = True,
+    repository: str | Path,
+    docs,
+    served: dict | None = None,
+    threads: int | None = None,
+    min_time_s: float = 0.5,
+    precisions: tuple[str, ...] | None = None,
+    perf: bool = True,
     arch: dict | None = None,
-) -> dict:  # fmt: skip
+) -> dict:
     """The whole ceiling section of a run: the served precision's (and FP32's) ceiling over
     the corpus ``docs``, the served fraction, the encoder's profile and the kernels seen."""
     from longdoc.runtime import export_metadata
@@ -562,8 +667,9 @@ def run_ceiling(
     }
     cache: dict = {}
     for precision in precisions:
-        out["ceilings"][precision] = ceiling_for(arch, lengths, precision, threads, min_time_s,
-                                                 cache=cache)  # fmt: skip
+        out["ceilings"][precision] = ceiling_for(
+            arch, lengths, precision, threads, min_time_s, cache=cache
+        )
     main = out["ceilings"][served_precision if served_precision in out["ceilings"] else "fp32"]
     out["served"] = served_fraction(main, docs, served)
     if served and "fp32" in out["ceilings"] and served_precision != "fp32":
@@ -608,25 +714,32 @@ def ceiling_lines(c: dict) -> list[str]:
     prof = c.get("encoder_profile")
     if prof:
         top = ", ".join(f"{op} {v['share']:.0%}" for op, v in list(prof["ops"].items())[:6])
-        lines.append(f"- encoder, one {prof['seq']}-token window in-process: "
-                     f"{prof['ms_per_window']:.1f} ms; {top}")  # fmt: skip
+        lines.append(
+            f"- encoder, one {prof['seq']}-token window in-process: "
+            f"{prof['ms_per_window']:.1f} ms; {top}"
+        )
     for p, ce in c["ceilings"].items():
         kernels = ce["square"].get("kernels")
         if kernels:
-            lines.append(f"- {p} GEMM nodes onnxruntime ran: " + ", ".join(
-                f"{op} ({k['provider']})" for op, k in kernels.items()))  # fmt: skip
+            lines.append(
+                f"- {p} GEMM nodes onnxruntime ran: "
+                + ", ".join(f"{op} ({k['provider']})" for op, k in kernels.items())
+            )
     for p, info in (c.get("perf") or {}).items():
         if info.get("available"):
-            lines.append(f"- {p} hottest code (perf + objdump): "
-                         f"{', '.join(info['isa_seen']) or 'no ISA marker found'}")  # fmt: skip
+            lines.append(
+                f"- {p} hottest code (perf + objdump): "
+                f"{', '.join(info['isa_seen']) or 'no ISA marker found'}"
+            )
         else:
             lines.append(f"- {p} perf: not available ({info.get('reason', '')[:80]})")
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m longdoc.bench.ceiling",
-                                description=__doc__.split("\n\n")[0])  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="python -m longdoc.bench.ceiling", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--repository", help="model repository (its encoder's architecture)")
     p.add_argument("--docs", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
@@ -647,8 +760,9 @@ def main(argv: list[str] | None = None) -> int:
 
     tokenizer, chunking = load_chunking(args.repository)
     docs = build_corpus(args.docs, args.seed, tokenizer, chunking)
-    result = run_ceiling(args.repository, docs, None, args.threads, args.min_time_s,
-                         perf=not args.no_perf)  # fmt: skip
+    result = run_ceiling(
+        args.repository, docs, None, args.threads, args.min_time_s, perf=not args.no_perf
+    )
     text = json.dumps(result, indent=2)
     if args.output:
         Path(args.output).write_text(text + "\n")

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from longdoc.client.transport import DEFAULT_PORTS, PROTOCOLS, default_url, parse_header
-
-from longdoc import contract
+from longdoc.cli_options import (
+    CommandFailed,
+    UsageError,
+    add_output_arg,
+    add_server_args,
+    config_from_args,
+    deprecated_alias,
+    server_kwargs,
+)
 
 DESCRIPTION = """\
 Benchmark a running document_classifier (started with `longdoc serve`) over gRPC or HTTP.
@@ -117,139 +122,182 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="benchmark a running server: concurrency sweep, open loop, baselines",
         description=DESCRIPTION,
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    s = p.add_argument_group("server")
-    s.add_argument(
-        "--url", help=f"server address (default 127.0.0.1:{DEFAULT_PORTS['grpc']} gRPC, "
-        f":{DEFAULT_PORTS['http']} HTTP)",
-    )  # fmt: skip
-    s.add_argument("--protocol", choices=PROTOCOLS, default="grpc")
-    s.add_argument("--model", default=contract.ENSEMBLE)
-    s.add_argument(
-        "--header", type=parse_header, action="append", default=[], metavar="NAME:VALUE",
-        help="send this header with every call (repeatable), e.g. admin-key:KEY for a "
-        "server whose statistics API is locked (sent as triton-grpc-protocol-admin-key "
-        "over gRPC)",
-    )  # fmt: skip
-    s.add_argument(
-        "--repository", metavar="DIR",
+    add_server_args(p, timeout=600.0)
+    deprecated_alias(p, "--request-timeout", "--timeout")
+    p.add_argument(
+        "--repository",
+        metavar="DIR",
         help="the served model repository: its tokenizer/chunking (windows, waste) and ONNX "
         "files (baselines)",
-    )  # fmt: skip
+    )
     c = p.add_argument_group("corpus")
     c.add_argument("--docs", type=int, default=64, help="documents (default: %(default)s)")
     c.add_argument("--seed", type=int, default=0, help="corpus seed (default: %(default)s)")
     g = p.add_argument_group("load and measurement")
     g.add_argument(
-        "--concurrency", type=_ints, default=[1, 2, 4, 8, 16, 32], metavar="N,N,...",
+        "--concurrency",
+        type=_ints,
+        default=[1, 2, 4, 8, 16, 32],
+        metavar="N,N,...",
         help="closed-loop levels (default: 1,2,4,8,16,32; '' for none)",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--rate", type=_floats, default=[], metavar="R,R,...",
+        "--rate",
+        type=_floats,
+        default=[],
+        metavar="R,R,...",
         help="open-loop Poisson arrival rates in documents/s (default: none)",
-    )  # fmt: skip
+    )
     g.add_argument("--warmup-s", type=float, default=5.0, help="per point (default: %(default)s)")
     g.add_argument("--window-s", type=float, default=10.0, help="(default: %(default)s)")
     g.add_argument(
-        "--min-window-docs", type=int, default=4,
+        "--min-window-docs",
+        type=int,
+        default=4,
         help="extend a window until this many documents finished in it (default: %(default)s)",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--stability", type=float, default=0.10,
+        "--stability",
+        type=float,
+        default=0.10,
         help="windows agree when within this fraction of their mean (default: %(default)s)",
-    )  # fmt: skip
+    )
     g.add_argument("--stable-windows", type=int, default=3, help="(default: %(default)s)")
     g.add_argument(
-        "--max-point-s", type=float, default=120.0,
+        "--max-point-s",
+        type=float,
+        default=120.0,
         help="time limit per point; an unstable point reports all its windows "
         "(default: %(default)s)",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--passes", type=int, default=0, metavar="K",
+        "--passes",
+        type=int,
+        default=0,
+        metavar="K",
         help="fixed work instead of windows: each closed-loop point sends every corpus "
         "document K times (after a warm-up) and divides by the wall time: the same documents "
         "as the baselines, for A/B comparisons (default: 0, windows)",
-    )  # fmt: skip
-    g.add_argument(
-        "--request-timeout", type=float, default=600.0, help="seconds (default: %(default)s)"
     )
     g.add_argument(
-        "--max-other-cores", type=float, default=None, metavar="C",
+        "--max-other-cores",
+        type=float,
+        default=None,
+        metavar="C",
         help="shared machines: measure a point or baseline again (after waiting for a quiet "
         "machine) when other processes used more than C cores during it (default: off; "
         "every point records the cores used by the server, this process and others)",
-    )  # fmt: skip
-    g.add_argument("--retries", type=int, default=2, help="for --max-other-cores (default: 2)")
+    )
+    g.add_argument(
+        "--remeasure",
+        type=int,
+        default=2,
+        metavar="N",
+        help="with --max-other-cores: measure again at most N times",
+    )
     m = p.add_argument_group("mixed workload (fairness to short documents)")
     m.add_argument(
-        "--mixed", type=_floats, default=[], metavar="R,R,...",
+        "--mixed",
+        type=_floats,
+        default=[],
+        metavar="R,R,...",
         help="short-document arrival rates (documents/s) of the mixed workload (default: none)",
-    )  # fmt: skip
+    )
     m.add_argument(
-        "--short-windows", type=_window_range, default=(1, 4), metavar="LO-HI",
+        "--short-windows",
+        type=_window_range,
+        default=(1, 4),
+        metavar="LO-HI",
         help="windows per short document (default: 1-4)",
-    )  # fmt: skip
+    )
     m.add_argument("--short-docs", type=int, default=32, help="(default: %(default)s)")
     m.add_argument(
-        "--long-windows", type=int, default=300, metavar="N",
+        "--long-windows",
+        type=int,
+        default=300,
+        metavar="N",
         help="windows per long document (default: %(default)s)",
-    )  # fmt: skip
+    )
     m.add_argument(
-        "--long-inflight", type=int, default=1, metavar="K",
+        "--long-inflight",
+        type=int,
+        default=1,
+        metavar="K",
         help="long documents kept in flight (default: %(default)s)",
-    )  # fmt: skip
+    )
     m.add_argument(
-        "--mixed-duration-s", type=float, default=30.0,
+        "--mixed-duration-s",
+        type=float,
+        default=30.0,
         help="seconds of short arrivals per phase (default: %(default)s)",
-    )  # fmt: skip
+    )
     b = p.add_argument_group("baselines (same process, same documents)")
     b.add_argument(
-        "--baselines", nargs="?", const="ort,naive", type=_baselines, default=[],
-        metavar="ort,naive", help="run baselines (default when given: ort,naive)",
-    )  # fmt: skip
+        "--baselines",
+        nargs="?",
+        const="ort,naive",
+        type=_baselines,
+        default=[],
+        metavar="ort,naive",
+        help="run baselines (default when given: ort,naive)",
+    )
     b.add_argument(
-        "--baseline-time-limit", type=float, default=300.0,
+        "--baseline-time-limit",
+        type=float,
+        default=300.0,
         help="seconds per baseline (default: %(default)s)",
-    )  # fmt: skip
+    )
     b.add_argument(
-        "--ort-threads", type=int, default=None,
+        "--ort-threads",
+        type=int,
+        default=None,
         help="in-process onnxruntime threads (default: all cores, like the server's default)",
-    )  # fmt: skip
+    )
     b.add_argument(
-        "--ort-max-batch", type=int, default=None, metavar="N",
+        "--ort-max-batch",
+        type=int,
+        default=None,
+        metavar="N",
         help="in-process onnxruntime: windows per call (default: the encoder's max_batch_size)",
-    )  # fmt: skip
+    )
     src = b.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", metavar="DIR", help="PyTorch model of the naive baseline")
     src.add_argument("--preset", help="preset architecture of the naive baseline")
     b.add_argument("--head", help="pooling head of the naive model (default: the repository's)")
     b.add_argument("--random-head", action="store_true", default=None, help="seeded head")
     b.add_argument(
-        "--reference-repository", metavar="DIR",
+        "--reference-repository",
+        metavar="DIR",
         help="another export whose decisions the served ones are compared with",
-    )  # fmt: skip
+    )
     x = p.add_argument_group("the machine's ceiling and peer libraries (need --repository)")
     x.add_argument(
-        "--ceiling", action="store_true",
+        "--ceiling",
+        action="store_true",
         help="measure onnxruntime's FP32 and INT8 matrix-multiply rates at the encoder's "
         "shapes and report the served throughput as a fraction of that ceiling",
-    )  # fmt: skip
+    )
     x.add_argument(
-        "--peers", nargs="?", const=",".join(PEERS), type=_peers, default=[],
+        "--peers",
+        nargs="?",
+        const=",".join(PEERS),
+        type=_peers,
+        default=[],
         metavar=",".join(PEERS),
         help="run peer systems on the same documents and weights, each in its own process "
         "(default when given: all; time limit --baseline-time-limit each)",
-    )  # fmt: skip
+    )
     o = p.add_argument_group("output")
-    o.add_argument("--output", metavar="DIR", help="results.json, results.csv, PNG plot")
+    add_output_arg(o, "results.json, results.csv and the plot", required=False)
     o.add_argument("--label", default="", help="name of this run in the results and plot")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
     o.add_argument("--quiet", action="store_true", help="nothing on stderr")
     o.add_argument(
-        "--render", metavar="DIR",
+        "--render",
+        metavar="DIR",
         help="run nothing: rewrite DIR's results.csv, plot and summary.md from its results.json",
-    )  # fmt: skip
+    )
     p.set_defaults(func=run)
 
 
@@ -262,45 +310,36 @@ def run(args: argparse.Namespace) -> int:
 
         render(args.render)
         return 0
-    for flag, wanted in (("--baselines", args.baselines), ("--ceiling", args.ceiling),
-                         ("--peers", args.peers)):  # fmt: skip
+    for flag, wanted in (
+        ("--baselines", args.baselines),
+        ("--ceiling", args.ceiling),
+        ("--peers", args.peers),
+    ):
         if wanted and not args.repository:
-            print(f"longdoc bench: error: {flag} needs --repository DIR", file=sys.stderr)
-            return 2
+            raise UsageError(f"{flag} needs --repository DIR")
     if not args.concurrency and not args.rate and not args.mixed:
-        print(
-            "longdoc bench: error: no load points (--concurrency / --rate / --mixed)",
-            file=sys.stderr,
-        )
-        return 2
+        raise UsageError("no load points (--concurrency / --rate / --mixed)")
     if args.long_windows < 1 or args.long_inflight < 1 or args.short_docs < 1:
-        print("longdoc bench: error: --long-windows, --long-inflight and --short-docs must "
-              "be >= 1", file=sys.stderr)  # fmt: skip
-        return 2
-    cfg = BenchConfig(
-        url=args.url or default_url(args.protocol), protocol=args.protocol, model=args.model,
-        headers=dict(args.header), docs=args.docs, seed=args.seed,
-        concurrency=args.concurrency, rates=args.rate, warmup_s=args.warmup_s,
-        window_s=args.window_s, min_window_docs=args.min_window_docs,
-        stability=args.stability, stable_windows=args.stable_windows,
-        max_point_s=args.max_point_s, request_timeout_s=args.request_timeout,
-        max_other_cores=args.max_other_cores, retries=args.retries, passes=args.passes,
-        repository=args.repository, baselines=args.baselines,
-        baseline_time_limit_s=args.baseline_time_limit, ort_threads=args.ort_threads,
-        ort_max_batch=args.ort_max_batch,
-        checkpoint=args.checkpoint, preset=args.preset, head=args.head,
-        random_head=args.random_head, reference_repository=args.reference_repository,
-        mixed_rates=args.mixed, short_windows=args.short_windows, short_docs=args.short_docs,
-        long_windows=args.long_windows, long_inflight=args.long_inflight,
-        mixed_duration_s=args.mixed_duration_s, ceiling=args.ceiling, peers=args.peers,
-        output=args.output, label=args.label, progress=not (args.no_progress or args.quiet),
-        quiet=args.quiet,
-    )  # fmt: skip
+        raise UsageError("--long-windows, --long-inflight and --short-docs must be >= 1")
+    server = server_kwargs(args)
+    cfg = config_from_args(
+        BenchConfig,
+        args,
+        url=server["url"],
+        headers=server["headers"],
+        request_timeout_s=args.timeout,
+        rates=args.rate,
+        baseline_time_limit_s=args.baseline_time_limit,
+        mixed_rates=args.mixed,
+        output=str(args.output) if args.output else None,
+        progress=not (args.no_progress or args.quiet),
+    )
     try:
         result = run_bench(cfg)
-    except (ValueError, FileNotFoundError, RuntimeError, ConnectionError) as exc:
-        print(f"longdoc bench: error: {exc}", file=sys.stderr)
-        return 1
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
+    except (RuntimeError, ConnectionError) as exc:
+        raise CommandFailed(str(exc)) from None
     if not args.output:
         import json
 

@@ -29,7 +29,12 @@ class BenchConfig:
     stability: float = 0.10
     stable_windows: int = 3
     max_point_s: float = 120.0
-    request_timeout_s: float = 600.0
+    request_timeout_s: float = 600.0  # --timeout: the deadline of each measured request
+    # --retries: retries of what the server did not run (unavailable, connection refused)
+    # for the call before the measurement (model metadata); none by default, so that an
+    # unreachable server is reported at once. Measured requests are never retried: a
+    # failure is counted as an error of its point.
+    retries: int | None = None
     idle_timeout_s: float = 120.0
     repository: str | None = None  # the served repository: tokenizer, chunking, baselines
     baselines: list[str] = field(default_factory=list)  # "ort", "naive"
@@ -42,10 +47,10 @@ class BenchConfig:
     random_head: bool | None = None
     reference_repository: str | None = None  # decisions to agree with (e.g. FP32 for INT8)
     # Shared machines: a point (or baseline) during which other processes used more than
-    # this many cores is measured again after the machine is quiet, up to `retries` times.
+    # this many cores is measured again after the machine is quiet, up to `remeasure` times.
     passes: int = 0  # > 0: closed-loop points do fixed work (the corpus this many times)
     max_other_cores: float | None = None
-    retries: int = 2
+    remeasure: int = 2
     quiet_timeout_s: float = 900.0
     # Mixed workload (fairness to short documents): short documents arriving at each of
     # `mixed_rates` documents/s (open loop), alone and then while `long_inflight` long

@@ -74,11 +74,21 @@ class Connection:
     async def prepare(self) -> None:
         """Check the model is there and build the requested outputs (as the client does:
         the classification extension's ``class_count`` for PROBABILITIES)."""
-        try:
-            meta = await self.client.get_model_metadata(self.cfg.model, headers=self.headers)
-        except Exception as exc:  # noqa: BLE001 - tritonclient's own exception types
-            message = transport.error_text(exc)
-            raise RuntimeError(f"{self.cfg.protocol}://{self.cfg.url}: {message}") from exc
+        deadline = time.perf_counter() + self.cfg.request_timeout_s
+        attempt = 0
+        retries = self.cfg.retries or 0  # none unless asked: an unreachable server is
+        while True:  # reported at once, not after the 600 s --timeout
+            try:
+                meta = await self.client.get_model_metadata(self.cfg.model, headers=self.headers)
+                break
+            except Exception as exc:  # tritonclient's own exception types
+                capped = attempt >= retries
+                late = time.perf_counter() + 0.5 >= deadline
+                if capped or late or not transport.is_retryable(exc, True):
+                    message = transport.error_text(exc)
+                    raise RuntimeError(f"{self.cfg.protocol}://{self.cfg.url}: {message}") from exc
+                attempt += 1
+                await asyncio.sleep(min(4.0, 0.5 * 2 ** min(attempt, 3)))
         shapes = transport.output_shapes(transport.metadata_dict(meta))
         if contract.LOGITS not in shapes:
             raise RuntimeError(f"model {self.cfg.model} has no {contract.LOGITS} output")
@@ -89,11 +99,16 @@ class Connection:
         sample = Sample(index, start, start)
         try:
             response = await transport.infer(
-                self.client, self.protocol, self.cfg.model, self.inputs[index], self.outputs,
-                self.headers, self.cfg.request_timeout_s,
-            )  # fmt: skip
+                self.client,
+                self.protocol,
+                self.cfg.model,
+                self.inputs[index],
+                self.outputs,
+                self.headers,
+                self.cfg.request_timeout_s,
+            )
             sample.label = int(np.argmax(response.as_numpy(contract.LOGITS)))
-        except Exception as exc:  # noqa: BLE001 - counted per request
+        except Exception as exc:  # counted per request
             sample.error = transport.error_text(exc)[:300]
         sample.end = time.perf_counter()
         return sample
@@ -132,9 +147,13 @@ def _done_in(samples: list[Sample], start: float, end: float) -> list[Sample]:
 
 
 async def measure_point(
-    conn: Connection, mode: str, level: float, cfg: BenchConfig, bar=None,
+    conn: Connection,
+    mode: str,
+    level: float,
+    cfg: BenchConfig,
+    bar=None,
     cpu: CpuMonitor | None = None,
-) -> tuple[dict, list[Sample]]:  # fmt: skip
+) -> tuple[dict, list[Sample]]:
     """Run one closed-loop (``level`` = concurrency) or open-loop (``level`` = docs/s)
     point to stability or its time limit; returns the point's record and all samples."""
     docs = conn.docs
@@ -259,9 +278,14 @@ async def measure_pass(
 
 
 def summarize_point(
-    mode: str, level: float, chosen: list[Window], windows: list[Window], stable: bool,
-    docs: list[BenchDoc], started: float,
-) -> dict:  # fmt: skip
+    mode: str,
+    level: float,
+    chosen: list[Window],
+    windows: list[Window],
+    stable: bool,
+    docs: list[BenchDoc],
+    started: float,
+) -> dict:
     start, end = chosen[0].start, chosen[-1].end
     seconds = end - start
     done = [s for w in chosen for s in w.samples]
@@ -319,12 +343,14 @@ async def sweep(
             if not await conn.stats.wait_idle(cfg.idle_timeout_s):
                 log(cfg, "warning: server still busy after the idle timeout")
             name = f"concurrency {int(level)}" if mode == "closed" else f"rate {level:g}/s"
-            for attempt in range(1 + (cfg.retries if cfg.max_other_cores is not None else 0)):
+            for attempt in range(1 + (cfg.remeasure if cfg.max_other_cores is not None else 0)):
                 if attempt:
                     quiet = await asyncio.to_thread(
-                        cpu.wait_quiet, cfg.max_other_cores, cfg.quiet_timeout_s,
+                        cpu.wait_quiet,
+                        cfg.max_other_cores,
+                        cfg.quiet_timeout_s,
                         lambda m: log(cfg, m),
-                    )  # fmt: skip
+                    )
                     if not quiet:
                         log(cfg, "the machine did not get quiet: keeping the last measurement")
                         break

@@ -88,10 +88,12 @@ def stats_delta(
     for name, end in after.items():
         start = before.get(name, ModelCounters())
         durations = {
-            key: (value[0] - start.durations.get(key, (0, 0))[0],
-                  value[1] - start.durations.get(key, (0, 0))[1])
+            key: (
+                value[0] - start.durations.get(key, (0, 0))[0],
+                value[1] - start.durations.get(key, (0, 0))[1],
+            )
             for key, value in end.durations.items()
-        }  # fmt: skip
+        }
         batches = {}
         for size, value in end.batches.items():
             old = start.batches.get(size, (0, 0, 0, 0))
@@ -156,8 +158,9 @@ class ServerStatistics:
         self.headers = headers or None
 
     async def read(self) -> dict[str, ModelCounters]:
-        return parse_statistics(await transport.statistics(self.client, self.protocol,
-                                                           self.headers))  # fmt: skip
+        return parse_statistics(
+            await transport.statistics(self.client, self.protocol, self.headers)
+        )
 
     async def settled(
         self, interval: float = 0.05, timeout: float = 5.0
@@ -241,7 +244,7 @@ class CpuMonitor:
             self.server = server_pid(url) if url else None
             self.psutil = psutil
             self.me = psutil.Process()
-        except Exception:  # noqa: BLE001 - no psutil, no permission: no CPU accounting
+        except Exception:  # no psutil, no permission: no CPU accounting
             self.psutil = None
 
     def snapshot(self) -> dict | None:

@@ -55,9 +55,14 @@ def hf_tokenizer(tokenizer_path: str | Path, max_length: int):
     from longdoc.chunking import load_tokenizer
 
     return PreTrainedTokenizerFast(
-        tokenizer_object=load_tokenizer(tokenizer_path), unk_token="[UNK]", cls_token="[CLS]",
-        sep_token="[SEP]", pad_token="[PAD]", mask_token="[MASK]", model_max_length=max_length,
-    )  # fmt: skip
+        tokenizer_object=load_tokenizer(tokenizer_path),
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        mask_token="[MASK]",
+        model_max_length=max_length,
+    )
 
 
 def _classifier(model):
@@ -98,18 +103,31 @@ def run_belt(model, texts: list[str], time_limit_s: float) -> dict:
         raise ValueError("belt-nlp pads every chunk to 512: max_length must be 512")
     body = cfg.body_length
     belt = BertClassifierWithPooling(
-        num_labels=model.num_labels, batch_size=1, learning_rate=0.0, epochs=0,
-        chunk_size=body, stride=body - cfg.overlap, minimal_chunk_length=cfg.overlap + 1,
-        pooling_strategy="max" if model.head == "logits-max" else "mean", tokenizer=tok,
-        neural_network=model.encoder, pretrained_model_name_or_path=None, device="cpu",
-    )  # fmt: skip
+        num_labels=model.num_labels,
+        batch_size=1,
+        learning_rate=0.0,
+        epochs=0,
+        chunk_size=body,
+        stride=body - cfg.overlap,
+        minimal_chunk_length=cfg.overlap + 1,
+        pooling_strategy="max" if model.head == "logits-max" else "mean",
+        tokenizer=tok,
+        neural_network=model.encoder,
+        pretrained_model_name_or_path=None,
+        device="cpu",
+    )
     with torch.inference_mode():
         labels, lat = _timed(lambda t: belt.predict([t])[0], texts, time_limit_s)
-    return {"labels": labels, "latencies": lat, "description": (
-        f"belt-nlp BertClassifierWithPooling (chunk_size {body}, stride {body - cfg.overlap}, "
-        f"minimal_chunk_length {cfg.overlap + 1}, {belt.pooling_strategy} pooling, one "
-        f"document per predict call), PyTorch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads")}  # fmt: skip
+    return {
+        "labels": labels,
+        "latencies": lat,
+        "description": (
+            f"belt-nlp BertClassifierWithPooling (chunk_size {body}, stride {body - cfg.overlap}, "
+            f"minimal_chunk_length {cfg.overlap + 1}, {belt.pooling_strategy} pooling, one "
+            f"document per predict call), PyTorch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads"
+        ),
+    }
 
 
 def run_hf_pipeline(model, texts: list[str], time_limit_s: float) -> dict:
@@ -162,10 +180,16 @@ def run_optimum(model, texts: list[str], time_limit_s: float) -> dict:
         labels, lat = _timed(classify, texts, time_limit_s)
     import onnxruntime
 
-    return {"labels": labels, "latencies": lat, "export_s": export_s, "description": (
-        f"optimum ORTModelForSequenceClassification.from_pretrained(export=True) (export "
-        f"{export_s:.0f} s, not timed), first {max_length} tokens, onnxruntime "
-        f"{onnxruntime.__version__} CPU")}  # fmt: skip
+    return {
+        "labels": labels,
+        "latencies": lat,
+        "export_s": export_s,
+        "description": (
+            f"optimum ORTModelForSequenceClassification.from_pretrained(export=True) (export "
+            f"{export_s:.0f} s, not timed), first {max_length} tokens, onnxruntime "
+            f"{onnxruntime.__version__} CPU"
+        ),
+    }
 
 
 def run_naive(model, texts: list[str], time_limit_s: float) -> dict:
@@ -174,8 +198,13 @@ def run_naive(model, texts: list[str], time_limit_s: float) -> dict:
     docs = [_Doc(0, 0)] * len(texts)  # rates are computed by the caller
     out = baselines.naive(model, texts, docs, time_limit_s)
     labels = [out["labels"][i] for i in sorted(out["labels"])]
-    return {"labels": labels, "latencies": None, "latency_ms": out["latency_ms"],
-            "seconds_total": out["seconds"], "description": out["description"]}  # fmt: skip
+    return {
+        "labels": labels,
+        "latencies": None,
+        "latency_ms": out["latency_ms"],
+        "seconds_total": out["seconds"],
+        "description": out["description"],
+    }
 
 
 class _Doc:
@@ -183,8 +212,12 @@ class _Doc:
         self.num_chunks, self.num_tokens = num_chunks, num_tokens
 
 
-RUNNERS = {"belt": run_belt, "hf_pipeline": run_hf_pipeline, "optimum": run_optimum,
-           "naive": run_naive}  # fmt: skip
+RUNNERS = {
+    "belt": run_belt,
+    "hf_pipeline": run_hf_pipeline,
+    "optimum": run_optimum,
+    "naive": run_naive,
+}
 
 
 # ---------------------------------------------------------------------------------------
@@ -217,10 +250,17 @@ def _rss_mb() -> float:
 
 
 def run_peer(
-    peer: str, repository: str | Path, texts: list[str], docs, time_limit_s: float = 300.0,
-    checkpoint: str | None = None, preset: str | None = None, head: str | None = None,
-    threads: int | None = None, timeout_s: float | None = None,
-) -> dict:  # fmt: skip
+    peer: str,
+    repository: str | Path,
+    texts: list[str],
+    docs,
+    time_limit_s: float = 300.0,
+    checkpoint: str | None = None,
+    preset: str | None = None,
+    head: str | None = None,
+    threads: int | None = None,
+    timeout_s: float | None = None,
+) -> dict:
     """One peer over ``texts`` (whose BenchDoc ``docs`` give tokens and windows) in a child
     process; its rates, latency, peak memory and decisions (by document index)."""
     if peer not in PEERS:
@@ -229,18 +269,40 @@ def run_peer(
         texts_file = Path(tmp) / "texts.json"
         texts_file.write_text(json.dumps(texts))
         out_file = Path(tmp) / "out.json"
-        cmd = [sys.executable, "-m", "longdoc.bench.peers", "--peer", peer,
-               "--repository", str(repository), "--texts", str(texts_file),
-               "--time-limit-s", str(time_limit_s), "--out", str(out_file)]  # fmt: skip
-        for flag, value in (("--checkpoint", checkpoint), ("--preset", preset),
-                            ("--head", head), ("--threads", threads)):  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "longdoc.bench.peers",
+            "--peer",
+            peer,
+            "--repository",
+            str(repository),
+            "--texts",
+            str(texts_file),
+            "--time-limit-s",
+            str(time_limit_s),
+            "--out",
+            str(out_file),
+        ]
+        for flag, value in (
+            ("--checkpoint", checkpoint),
+            ("--preset", preset),
+            ("--head", head),
+            ("--threads", threads),
+        ):
             if value:
                 cmd += [flag, str(value)]
-        env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
-                   TRANSFORMERS_OFFLINE="1")  # fmt: skip
+        env = dict(
+            os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"
+        )
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
-                              timeout=timeout_s or time_limit_s * 2 + 600)  # fmt: skip
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout_s or time_limit_s * 2 + 600,
+        )
         if proc.returncode != 0 or not out_file.is_file():
             return {"peer": peer, "error": (proc.stderr or proc.stdout).strip()[-1500:]}
         out = json.loads(out_file.read_text())
@@ -275,17 +337,26 @@ def _read_tokens(peer: str, docs, body: int = 510) -> int:
 
 
 def run_peers(
-    repository: str | Path, texts: list[str], docs, peers: tuple[str, ...] = PEERS,
-    time_limit_s: float = 300.0, checkpoint: str | None = None, preset: str | None = None,
-    head: str | None = None, threads: int | None = None, log=print,
-    served_labels: dict[int, int] | None = None, served_url: str | None = None,
-) -> dict:  # fmt: skip
+    repository: str | Path,
+    texts: list[str],
+    docs,
+    peers: tuple[str, ...] = PEERS,
+    time_limit_s: float = 300.0,
+    checkpoint: str | None = None,
+    preset: str | None = None,
+    head: str | None = None,
+    threads: int | None = None,
+    log=print,
+    served_labels: dict[int, int] | None = None,
+    served_url: str | None = None,
+) -> dict:
     """Every peer in turn, then decisions against the server's and the server's memory."""
     out: dict = {"loadavg_start": list(os.getloadavg()), "peers": {}}
     for peer in peers:
         log(f"peer {peer}: {len(texts)} documents, one at a time, own process...")
-        result = run_peer(peer, repository, texts, docs, time_limit_s, checkpoint, preset,
-                          head, threads)  # fmt: skip
+        result = run_peer(
+            peer, repository, texts, docs, time_limit_s, checkpoint, preset, head, threads
+        )
         if "error" in result:
             log(f"peer {peer} failed: {result['error'][-300:]}")
         else:
@@ -298,9 +369,10 @@ def run_peers(
                 common = sorted(set(labels) & set(served_labels))
                 same = sum(labels[i] == served_labels[i] for i in common)
                 result["agreement_with_served"] = {
-                    "docs": len(common), "agree": same,
+                    "docs": len(common),
+                    "agree": same,
                     "rate": same / len(common) if common else None,
-                }  # fmt: skip
+                }
         out["peers"][peer] = result
     if served_url:
         out["server_rss_mb"] = server_rss_mb(served_url)
@@ -317,7 +389,7 @@ def server_rss_mb(url: str) -> float | None:
         if pid is None:
             return None
         return sum(p.memory_info().rss for p in server_processes(pid)) / 2**20
-    except Exception:  # noqa: BLE001 - best effort: no psutil, no permission
+    except Exception:  # best effort: no psutil, no permission
         return None
 
 
@@ -370,10 +442,13 @@ def peers_table(result: dict) -> list[str]:
     if served:
         for name, p in result["peers"].items():
             if p.get("tokens_per_s"):
-                lines.append(f"- served over {name} (tokens/s): "
-                             f"{served['tokens_per_s'] / p['tokens_per_s']:.2f}x")  # fmt: skip
-    lines += [f"- {name}: {p['description']}" for name, p in result["peers"].items()
-              if "description" in p]  # fmt: skip
+                lines.append(
+                    f"- served over {name} (tokens/s): "
+                    f"{served['tokens_per_s'] / p['tokens_per_s']:.2f}x"
+                )
+    lines += [
+        f"- {name}: {p['description']}" for name, p in result["peers"].items() if "description" in p
+    ]
     return lines
 
 
@@ -382,8 +457,9 @@ def _fmt(value, spec: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m longdoc.bench.peers",
-                                description=__doc__.split("\n\n")[0])  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="python -m longdoc.bench.peers", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--repository", required=True)
     p.add_argument(
         "--peer",
@@ -411,10 +487,18 @@ def main(argv: list[str] | None = None) -> int:
 
     tokenizer, chunking = load_chunking(args.repository)
     docs = build_corpus(args.docs, args.seed, tokenizer, chunking)
-    result = run_peers(args.repository, [d.text for d in docs], docs,
-                       tuple(args.peer or PEERS), args.time_limit_s, args.checkpoint,
-                       args.preset, args.head, args.threads,
-                       log=lambda m: print(m, file=sys.stderr))  # fmt: skip
+    result = run_peers(
+        args.repository,
+        [d.text for d in docs],
+        docs,
+        tuple(args.peer or PEERS),
+        args.time_limit_s,
+        args.checkpoint,
+        args.preset,
+        args.head,
+        args.threads,
+        log=lambda m: print(m, file=sys.stderr),
+    )
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
     print("\n".join(peers_table(result)))

@@ -22,12 +22,28 @@ from longdoc import contract
 COMPOSING = contract.MODELS
 
 CSV_FIELDS = (
-    "kind", "concurrency", "rate", "stable", "seconds", "docs", "errors", "docs_per_s",
-    "chunks_per_s", "tokens_per_s", "lat_mean_ms", "lat_p50_ms", "lat_p90_ms", "lat_p95_ms",
-    "lat_p99_ms", "lat_max_ms", "server_cores", "other_cores", "encoder_avg_batch",
+    "kind",
+    "concurrency",
+    "rate",
+    "stable",
+    "seconds",
+    "docs",
+    "errors",
+    "docs_per_s",
+    "chunks_per_s",
+    "tokens_per_s",
+    "lat_mean_ms",
+    "lat_p50_ms",
+    "lat_p90_ms",
+    "lat_p95_ms",
+    "lat_p99_ms",
+    "lat_max_ms",
+    "server_cores",
+    "other_cores",
+    "encoder_avg_batch",
     "encoder_busy",
     *(f"{model}_{what}_ms" for model in COMPOSING for what in ("queue", "compute")),
-)  # fmt: skip
+)
 
 
 def csv_rows(result: dict) -> list[dict]:
@@ -35,10 +51,14 @@ def csv_rows(result: dict) -> list[dict]:
     for p in result["points"]:
         lat = p["latency_ms"]
         row = {
-            "kind": p["mode"], "concurrency": p["concurrency"], "rate": p["rate"],
-            "stable": p["stable"], "seconds": round(p["seconds"], 2), "docs": p["docs"],
+            "kind": p["mode"],
+            "concurrency": p["concurrency"],
+            "rate": p["rate"],
+            "stable": p["stable"],
+            "seconds": round(p["seconds"], 2),
+            "docs": p["docs"],
             "errors": p["errors"],
-        }  # fmt: skip
+        }
         for key in ("docs_per_s", "chunks_per_s", "tokens_per_s"):
             row[key] = round(p[key], 3)
         for key in ("mean", "p50", "p90", "p95", "p99", "max"):
@@ -57,8 +77,13 @@ def csv_rows(result: dict) -> list[dict]:
     for m in result.get("mixed") or []:
         for phase in ("short_only", "mixed"):
             lat = m[phase]["latency_ms"]
-            row = {"kind": f"{phase}_short", "rate": m["rate"], "seconds": m["duration_s"],
-                   "docs": m[phase]["docs"], "errors": m[phase]["errors"]}  # fmt: skip
+            row = {
+                "kind": f"{phase}_short",
+                "rate": m["rate"],
+                "seconds": m["duration_s"],
+                "docs": m[phase]["docs"],
+                "errors": m[phase]["errors"],
+            }
             for key in ("mean", "p50", "p90", "p95", "p99", "max"):
                 row[f"lat_{key}_ms"] = _r(lat.get(key))
             enc = m[phase]["server"].get(contract.ENCODER, {})
@@ -273,22 +298,32 @@ def plot(result: dict, path: Path) -> None:
             ax.plot(x, y, style, marker=marker, label=f"{name} {q}")
         for p in points:
             tag = f"c={p['concurrency']}" if p["mode"] == "closed" else f"{p['rate']:g}/s"
-            ax.annotate(tag, (p["docs_per_s"], p["latency_ms"]["p50"] / 1000), fontsize=7,
-                        textcoords="offset points", xytext=(3, -10))  # fmt: skip
+            ax.annotate(
+                tag,
+                (p["docs_per_s"], p["latency_ms"]["p50"] / 1000),
+                fontsize=7,
+                textcoords="offset points",
+                xytext=(3, -10),
+            )
     colors = {"ort_batched": "green", "ort_single": "olive", "naive": "red"}
     for name, b in result.get("baselines", {}).items():
         if b.get("docs_per_s"):
-            ax.axvline(b["docs_per_s"], color=colors.get(name, "gray"), linestyle=":",
-                       label=f"{name} {b['docs_per_s']:.2f} docs/s")  # fmt: skip
+            ax.axvline(
+                b["docs_per_s"],
+                color=colors.get(name, "gray"),
+                linestyle=":",
+                label=f"{name} {b['docs_per_s']:.2f} docs/s",
+            )
     ax.set_xlabel("throughput (documents/s)")
     ax.set_ylabel("latency per document (s)")
     ax.set_yscale("log")
     repo = result.get("repository", {})
     title = result.get("label") or "longdoc bench"
     detail = ", ".join(
-        str(v) for v in (repo.get("precision"), repo.get("profile"), result["server"]["protocol"])
+        str(v)
+        for v in (repo.get("precision"), repo.get("profile"), result["server"]["protocol"])
         if v
-    )  # fmt: skip
+    )
     corpus = result["corpus"]
     ax.set_title(
         f"{title} ({detail})\n{corpus['docs']} docs, mean {corpus['mean_chunks']:.1f} "

@@ -93,10 +93,18 @@ def run_bench(cfg: BenchConfig) -> dict:
         from longdoc.bench.peers import run_peers, served_summary
 
         result["peers"] = run_peers(
-            cfg.repository, texts, docs, tuple(cfg.peers), cfg.baseline_time_limit_s,
-            cfg.checkpoint, cfg.preset, cfg.head, log=lambda m: log(cfg, m),
-            served_labels=served_labels, served_url=cfg.url,
-        )  # fmt: skip
+            cfg.repository,
+            texts,
+            docs,
+            tuple(cfg.peers),
+            cfg.baseline_time_limit_s,
+            cfg.checkpoint,
+            cfg.preset,
+            cfg.head,
+            log=lambda m: log(cfg, m),
+            served_labels=served_labels,
+            served_url=cfg.url,
+        )
         result["peers"]["served"] = served_summary(result)
     if cfg.baselines:
         if not cfg.repository:
@@ -128,8 +136,9 @@ def run_bench(cfg: BenchConfig) -> dict:
 def run_mixed(cfg: BenchConfig, tokenizer, chunking) -> list[dict]:
     """The mixed workload's points (``drivers.measure_mixed``) with its two corpora."""
     shorts = short_corpus(cfg.short_docs, cfg.seed, tokenizer, chunking, cfg.short_windows)
-    longs = long_documents(max(2, cfg.long_inflight), cfg.long_windows, cfg.seed, tokenizer,
-                           chunking)  # fmt: skip
+    longs = long_documents(
+        max(2, cfg.long_inflight), cfg.long_windows, cfg.seed, tokenizer, chunking
+    )
     log(
         cfg,
         f"mixed workload: {len(shorts)} short documents ({cfg.short_windows[0]}-"

@@ -60,10 +60,15 @@ def prepare_corpus(texts: list[str], tokenizer, chunking) -> list[BenchDoc]:
         chunks = chunk_text(text, tokenizer, chunking)
         docs.append(
             BenchDoc(
-                index, text.encode("utf-8"), chunks.num_tokens, chunks.num_chunks,
-                chunks.seq_len, int(chunks.attention_mask.sum()), chunks.input_ids.size,
+                index,
+                text.encode("utf-8"),
+                chunks.num_tokens,
+                chunks.num_chunks,
+                chunks.seq_len,
+                int(chunks.attention_mask.sum()),
+                chunks.input_ids.size,
             )
-        )  # fmt: skip
+        )
     return docs
 
 
@@ -92,8 +97,11 @@ def padding_waste(docs: list[BenchDoc]) -> dict:
 
 
 WHATIF_BUCKETS = (
-    (512,), (128, 256, 384, 512), tuple(range(64, 513, 64)), tuple(range(32, 513, 32)),
-)  # fmt: skip
+    (512,),
+    (128, 256, 384, 512),
+    tuple(range(64, 513, 64)),
+    tuple(range(32, 513, 32)),
+)
 
 
 def waste_whatif(docs: list[BenchDoc], chunking) -> list[dict]:
@@ -117,11 +125,16 @@ def waste_whatif(docs: list[BenchDoc], chunking) -> list[dict]:
                 needed += sum(end - start + 2 for start, end in ranges)
                 computed += len(ranges) * seq_len
                 lengths.add(seq_len)
-            out.append({
-                "strategy": strategy, "seq_buckets": list(cfg.seq_buckets),
-                "waste": computed / needed - 1, "tokens_computed": computed,
-                "distinct_seq_lens": len(lengths), "served": cfg == chunking,
-            })  # fmt: skip
+            out.append(
+                {
+                    "strategy": strategy,
+                    "seq_buckets": list(cfg.seq_buckets),
+                    "waste": computed / needed - 1,
+                    "tokens_computed": computed,
+                    "distinct_seq_lens": len(lengths),
+                    "served": cfg == chunking,
+                }
+            )
     return out
 
 
@@ -173,9 +186,14 @@ def doc_from_text(index: int, text: str, tokenizer, chunking) -> BenchDoc:
     ranges, seq_len, _ = plan_windows(num_tokens, unlimited)
     needed = sum(end - start + 2 for start, end in ranges)
     return BenchDoc(
-        index, text.encode("utf-8"), num_tokens, len(ranges), seq_len, needed,
+        index,
+        text.encode("utf-8"),
+        num_tokens,
+        len(ranges),
+        seq_len,
+        needed,
         len(ranges) * seq_len,
-    )  # fmt: skip
+    )
 
 
 def _text_of(tokens: int, seed: int, tokenizer) -> str:
@@ -184,8 +202,9 @@ def _text_of(tokens: int, seed: int, tokenizer) -> str:
     def count(text: str) -> int:
         return len(tokenizer.encode(text, add_special_tokens=False).ids)
 
-    return corpus.trim_to_tokens(corpus.document(tokens, seed=seed, count_tokens=count), tokens,
-                                 tokenizer)  # fmt: skip
+    return corpus.trim_to_tokens(
+        corpus.document(tokens, seed=seed, count_tokens=count), tokens, tokenizer
+    )
 
 
 def short_corpus(
@@ -218,7 +237,8 @@ def long_documents(n_docs: int, windows: int, seed: int, tokenizer, chunking) ->
 
     tokens = corpus.max_tokens_for(windows, chunking.max_length, chunking.overlap)
     return [
-        doc_from_text(k, _text_of(tokens, seed * 100_003 + 90_000 + k, tokenizer), tokenizer,
-                      chunking)
+        doc_from_text(
+            k, _text_of(tokens, seed * 100_003 + 90_000 + k, tokenizer), tokenizer, chunking
+        )
         for k in range(n_docs)
-    ]  # fmt: skip
+    ]

@@ -22,6 +22,7 @@ import numpy as np
 from longdoc.client import transport
 
 from longdoc import contract
+from longdoc.results import DocumentError, DocumentResult
 
 MODEL = contract.ENSEMBLE
 RAW_OUTPUTS = (
@@ -183,7 +184,7 @@ class DocumentClassifierClient:
 
         try:
             _fill(result, await self._attempts(call, started + self.timeout_s, count))
-        except Exception as exc:  # noqa: BLE001 - reported per document
+        except Exception as exc:  # reported per document
             result.error = transport.error_text(exc)
         result.latency_s = time.perf_counter() - started
         return result
@@ -240,15 +241,60 @@ class DocumentClassifierClient:
         try:
             deadline = time.perf_counter() + self.timeout_s
             return await self._attempts(bounded, deadline, read_only=True)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             message = transport.error_text(exc)
             raise ServerUnavailable(f"{self.protocol}://{self.url}: {message}") from exc
 
 
+class ServerClassifier:
+    """A running server as the classifier interface (``longdoc.results.Classifier``):
+    ``classify(texts)`` returns ``DocumentResult``s, as the in-process implementations do,
+    and raises ``DocumentError`` for the first document the server refused. The client's
+    own ``Classification`` (ids, attempts, latency, an error per document) stays the
+    client library's answer; this adapter is for code that takes any classifier."""
+
+    def __init__(self, url: str, concurrency: int = 8, **client_options) -> None:
+        self.client = DocumentClassifierClient(url, **client_options)
+        self.concurrency = concurrency
+        self._labels: list[str] | None = None
+
+    @property
+    def labels(self) -> list[str]:
+        """The served labels (the server names them in every answer: the first call asks
+        with a one-word document when nothing was classified yet)."""
+        if self._labels is None:
+            self.classify(["labels"])
+        return list(self._labels or [])
+
+    def classify(self, texts: Sequence[str]) -> list[DocumentResult]:
+        answers = self.client.classify(list(texts), concurrency=self.concurrency)
+        results = []
+        for index, answer in enumerate(answers):
+            if not answer.ok:
+                raise DocumentError(index, f"the server refused it: {answer.error}")
+            self._labels = self._labels or answer.labels
+            results.append(to_result(answer))
+        return results
+
+
+def to_result(answer: Classification) -> DocumentResult:
+    """A successful ``Classification`` as the interface's ``DocumentResult``."""
+    probabilities = np.asarray([answer.probabilities[label] for label in answer.labels])
+    return DocumentResult(
+        logits=np.asarray(answer.logits, dtype=np.float32),
+        probabilities=probabilities.astype(np.float32),
+        chunk_logits=np.asarray(answer.chunk_logits, dtype=np.float32),
+        spans=np.asarray(answer.chunk_spans, dtype=np.int64),
+        total_chunks=answer.total_chunks,
+    )
+
+
 def _fill(result: Classification, response) -> None:
     logits = response.as_numpy(contract.LOGITS)
-    entries = [e.decode() if isinstance(e, bytes) else str(e) for e in response.as_numpy(
-        contract.PROBABILITIES).reshape(-1)]  # fmt: skip
+    entries = [
+        e.decode() if isinstance(e, bytes) else str(e)
+        for e in response.as_numpy(contract.PROBABILITIES).reshape(-1)
+    ]
     labels = [""] * len(logits)
     probabilities: dict[str, float] = {}
     for entry in entries:

@@ -33,9 +33,12 @@ RETRY_HTTP_STATUSES = ("502", "503", "504")
 # ready", e.g. to a step's BLS call), and the encoder's queue policy refusing a request
 # (`longdoc export --max-queue-size / --queue-timeout-us`: UNAVAILABLE at the encoder).
 NOT_RUN_MESSAGES = (
-    "no available versions", "is not healthy", "server not ready",
-    "exceeds maximum queue size", "request timeout expired",
-)  # fmt: skip
+    "no available versions",
+    "is not healthy",
+    "server not ready",
+    "exceeds maximum queue size",
+    "request timeout expired",
+)
 # aiohttp: could not connect / the server closed the connection before answering (Triton
 # closes idle keep-alive connections when it stops).
 CONNECTION_ERRORS = ("ClientConnectorError", "ServerDisconnectedError")
@@ -105,9 +108,10 @@ def aio_client(protocol: str, url: str, timeout_s: float | None = None, max_infl
     if protocol == "grpc":
         return module.InferenceServerClient(normalize_url(url))
     return module.InferenceServerClient(
-        normalize_url(url), conn_limit=max(100, max_inflight + 4),
+        normalize_url(url),
+        conn_limit=max(100, max_inflight + 4),
         conn_timeout=max(60.0, (timeout_s or 0) + 5),
-    )  # fmt: skip
+    )
 
 
 def status_of(exc: BaseException) -> str:
@@ -115,7 +119,7 @@ def status_of(exc: BaseException) -> str:
     status = getattr(exc, "status", None)
     try:
         value = status() if callable(status) else status
-    except Exception:  # noqa: BLE001
+    except Exception:
         value = None
     return str(value or "")
 
@@ -146,8 +150,9 @@ def is_retryable(exc: BaseException, read_only: bool = False) -> bool:
     reset while a server restarts): repeating them costs the server nothing."""
     status = status_of(exc)
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) or status in (
-        "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED",
-    ):  # fmt: skip
+        "StatusCode.DEADLINE_EXCEEDED",
+        "StatusCode.CANCELLED",
+    ):
         return False
     if isinstance(exc, ConnectionRefusedError) or (read_only and isinstance(exc, OSError)):
         return True

@@ -23,7 +23,7 @@ from longdoc import corpus
 from longdoc.checkpoint import LoadedModel
 from longdoc.contract import ENCODER, ONNX_FILE
 from longdoc.presets import TOLERANCES
-from longdoc.reference import classify as reference_classify
+from longdoc.reference import ReferenceClassifier
 from longdoc.runtime import OnnxPipeline
 
 # Words per parity document: 1 window up to ~10 windows of 512 tokens.
@@ -83,8 +83,9 @@ def check(
     whatever this CPU would serve)."""
     texts = texts or parity_texts()
     tolerance = TOLERANCES[precision] if tolerance is None else tolerance
-    expected = reference_classify(model, texts)
     encoder = encoder or Path(repository) / ENCODER / "1" / ONNX_FILE
+    # Both through the classifier interface: the reference on the model, the exported files.
+    expected = ReferenceClassifier(model).classify(texts)
     got = OnnxPipeline(repository, encoder=encoder).classify(texts)
     delta = max(float(np.abs(e.logits - g.logits).max()) for e, g in zip(expected, got))
     delta_chunks = max(
@@ -97,6 +98,13 @@ def check(
     explained = all(s or _margin(e.logits) <= 2 * tolerance for s, e in zip(same, expected))
     passed = delta <= tolerance and explained
     return ParityReport(
-        precision, len(texts), [e.num_chunks for e in expected], delta, delta_chunks, agree,
-        tolerance, passed, checked,
-    )  # fmt: skip
+        precision,
+        len(texts),
+        [e.num_chunks for e in expected],
+        delta,
+        delta_chunks,
+        agree,
+        tolerance,
+        passed,
+        checked,
+    )

@@ -77,14 +77,21 @@ def load(spec: ExportSpec) -> LoadedModel:
         if not spec.checkpoint.is_dir():
             raise FileNotFoundError(f"checkpoint directory {spec.checkpoint} does not exist")
         model = load_checkpoint(
-            spec.checkpoint, spec.head, random_head=spec.random_head, num_labels=spec.num_labels,
-            seed=spec.seed, tokenizer_dir=spec.tokenizer,
-        )  # fmt: skip
+            spec.checkpoint,
+            spec.head,
+            random_head=spec.random_head,
+            num_labels=spec.num_labels,
+            seed=spec.seed,
+            tokenizer_dir=spec.tokenizer,
+        )
     else:
         model = load_preset(
-            spec.preset, spec.head or "logits-mean", num_labels=spec.num_labels, seed=spec.seed,
+            spec.preset,
+            spec.head or "logits-mean",
+            num_labels=spec.num_labels,
+            seed=spec.seed,
             tokenizer_dir=spec.tokenizer,
-        )  # fmt: skip
+        )
     if spec.chunking:
         merged = {**model.chunking.to_dict(), **spec.chunking}
         model.chunking = ChunkingConfig.from_dict(merged)
@@ -97,10 +104,13 @@ def architecture(model: LoadedModel) -> dict:
     """The encoder's sizes, from the Hugging Face config of the exported BERT."""
     config = model.encoder.bert.config
     return {
-        "layers": config.num_hidden_layers, "hidden": config.hidden_size,
-        "ffn": config.intermediate_size, "heads": config.num_attention_heads,
-        "vocab": config.vocab_size, "max_positions": config.max_position_embeddings,
-    }  # fmt: skip
+        "layers": config.num_hidden_layers,
+        "hidden": config.hidden_size,
+        "ffn": config.intermediate_size,
+        "heads": config.num_attention_heads,
+        "vocab": config.vocab_size,
+        "max_positions": config.max_position_embeddings,
+    }
 
 
 def run(spec: ExportSpec, log=print) -> dict:

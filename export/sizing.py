@@ -34,8 +34,11 @@ TRT_CACHE_PATH = "/tmp/longdoc_trt_cache"
 DEFAULT_MAX_BATCH_SIZE = 64
 
 
-def chunker_instances_for(chunks_per_s: float, ms_per_chunk: float = TOKENIZER_MS_PER_CHUNK,
-                          headroom: float = CHUNKER_HEADROOM) -> int:  # fmt: skip
+def chunker_instances_for(
+    chunks_per_s: float,
+    ms_per_chunk: float = TOKENIZER_MS_PER_CHUNK,
+    headroom: float = CHUNKER_HEADROOM,
+) -> int:
     """Chunker instances that tokenize ``headroom`` x the encoder's rate (one request at a
     time per instance, ``1000 / ms_per_chunk`` windows/s each)."""
     return max(1, math.ceil(headroom * chunks_per_s * ms_per_chunk / 1000))
@@ -59,22 +62,33 @@ GPU_DISPATCH = dict(dispatcher_instances=8, slice_windows=8, inflight_slices=2)
 # on 2-core CPU machines (BENCHMARKS.md); gpu: bert-large at 512 tokens on one H100/H200.
 PROFILE_DEFAULTS: dict[str, dict] = {
     "portable": dict(
-        preferred_batch_sizes=(8, 16, 32), queue_delay_us=2000, chunker_instances=2,
-        encoder_instances=1, aggregator_instances=1, ort_batch=1,
+        preferred_batch_sizes=(8, 16, 32),
+        queue_delay_us=2000,
+        chunker_instances=2,
+        encoder_instances=1,
+        aggregator_instances=1,
+        ort_batch=1,
         **CPU_DISPATCH,
     ),
     "cpu": dict(
-        preferred_batch_sizes=(8, 16, 32), queue_delay_us=2000, chunker_instances=2,
-        encoder_instances=1, aggregator_instances=1, ort_batch=0,
+        preferred_batch_sizes=(8, 16, 32),
+        queue_delay_us=2000,
+        chunker_instances=2,
+        encoder_instances=1,
+        aggregator_instances=1,
+        ort_batch=0,
         **CPU_DISPATCH,
     ),
     "gpu": dict(
-        preferred_batch_sizes=(32, 64), queue_delay_us=2000,
+        preferred_batch_sizes=(32, 64),
+        queue_delay_us=2000,
         chunker_instances=chunker_instances_for(GPU_CEILING_CHUNKS_PER_S),  # 4
-        encoder_instances=2, aggregator_instances=1, ort_batch=0,
+        encoder_instances=2,
+        aggregator_instances=1,
+        ort_batch=0,
         **GPU_DISPATCH,
     ),
-}  # fmt: skip
+}
 
 
 @dataclass
@@ -122,8 +136,14 @@ class ServingOptions:
             raise ValueError(f"aggregator_kind must be cpu or gpu (got {out.aggregator_kind!r})")
         if out.tensorrt and out.profile != "gpu":
             raise ValueError("the TensorRT accelerator needs the gpu profile")
-        for name in ("chunker_instances", "encoder_instances", "aggregator_instances",
-                     "dispatcher_instances", "slice_windows", "inflight_slices"):  # fmt: skip
+        for name in (
+            "chunker_instances",
+            "encoder_instances",
+            "aggregator_instances",
+            "dispatcher_instances",
+            "slice_windows",
+            "inflight_slices",
+        ):
             if getattr(out, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(out, name)})")
         if out.ort_batch < 0:
@@ -228,7 +248,7 @@ def plan(
             DISPATCHER: opts.dispatcher_instances,
             ENCODER: opts.encoder_instances,
             AGGREGATOR: opts.aggregator_instances,
-        },  # fmt: skip
+        },
         kinds={
             CHUNKER: "cpu",
             DISPATCHER: "cpu",

@@ -2,7 +2,8 @@
 
     python -m longdoc.accuracy_tables runs/accuracy mean-pool truncation --pair mean-pool truncation
 
-Each row is a folder ``ROOT/<row>/seed*/`` holding ``test.json`` (the evaluation report)
+Each row is a folder ``ROOT/<row>/seed*/`` holding ``test/report.json`` (the report of
+``longdoc evaluate --output ROOT/<row>/seedS/test``; an older run's ``test.json`` is read too)
 and ``training.json`` (the run's record): the table gives mean ± standard deviation over
 seeds; ``--pair A B`` adds, seed by seed, the paired tests between two rows (same seed,
 same test documents): McNemar on the discordant documents and the paired bootstrap of the
@@ -19,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from longdoc.contract import TRAINING_JSON
 from longdoc.metrics import bootstrap_difference, mcnemar
 
-TRAINING_JSON = "training.json"
-REPORT_JSON = "test.json"
+REPORTS = ("test/report.json", "test.json")  # `--output .../test`, and the older file
 
 
 def _stat(values) -> str:
@@ -33,7 +34,7 @@ def _stat(values) -> str:
 
 
 def accuracy_table(root: Path, rows: list[str]) -> tuple[str, dict[str, list[dict]]]:
-    """Markdown rows (mean ± spread over seeds) from ``root/<row>/seed*/test.json``, and
+    """Markdown rows (mean ± spread over seeds) from ``root/<row>/seed*/test/report.json``, and
     the reports found per row (rows without any are left out of both)."""
     lines = [
         "| row | seeds | accuracy | macro-F1 | accuracy > 2,048 tokens (n) | train s |",
@@ -42,9 +43,12 @@ def accuracy_table(root: Path, rows: list[str]) -> tuple[str, dict[str, list[dic
     found: dict[str, list[dict]] = {}
     for row in rows:
         reports = []
-        for path in sorted(Path(root, row).glob(f"seed*/{REPORT_JSON}")):
+        for seed in sorted(p for p in Path(root, row).glob("seed*") if p.is_dir()):
+            path = next((seed / name for name in REPORTS if (seed / name).is_file()), None)
+            if path is None:
+                continue
             rep = json.loads(path.read_text())
-            record = json.loads((path.parent / TRAINING_JSON).read_text())
+            record = json.loads((seed / TRAINING_JSON).read_text())
             rep["train_seconds"] = record.get("seconds")
             reports.append(rep)
         if not reports:
@@ -80,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m longdoc.accuracy_tables",
         description="Print ACCURACY.md's table (mean ± spread over seeds) from "
-        "ROOT/<row>/seed*/test.json, and optionally paired tests between two rows.",
+        "ROOT/<row>/seed*/test/report.json, and optionally paired tests between two rows.",
     )
     parser.add_argument("root", type=Path, metavar="ROOT", help="e.g. runs/accuracy")
     parser.add_argument("rows", nargs="+", metavar="ROW", help="row folders under ROOT")

@@ -31,11 +31,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from longdoc.chunking import ChunkingConfig
+from longdoc.contract import (
+    CONFIG_FILE,
+    HEAD_JSON,
+    HEAD_WEIGHTS,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+)
 from longdoc.heads import HEADS, LOGIT_HEADS, ChunkEncoder, make_aggregator
 from longdoc.presets import MAX_POSITIONS, PRESETS, VOCAB_SIZE
-
-HEAD_JSON = "head.json"
-HEAD_WEIGHTS = "head.safetensors"
 
 
 def preset_config(name: str, **overrides):
@@ -102,8 +106,8 @@ def _eval(model: LoadedModel) -> LoadedModel:
 
 def _resolve_tokenizer(checkpoint: Path | None, tokenizer_dir: Path | None) -> Path:
     for candidate in (tokenizer_dir, checkpoint, default_tokenizer_dir()):
-        if candidate is not None and (Path(candidate) / "tokenizer.json").is_file():
-            return Path(candidate) / "tokenizer.json"
+        if candidate is not None and (Path(candidate) / TOKENIZER_FILE).is_file():
+            return Path(candidate) / TOKENIZER_FILE
     raise FileNotFoundError("no tokenizer.json found (pass --tokenizer DIR)")
 
 
@@ -135,7 +139,7 @@ def load_checkpoint(
     from transformers import AutoConfig, BertForSequenceClassification, BertModel
 
     path = Path(path)
-    if not (path / "config.json").is_file():
+    if not (path / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{path} is not a Hugging Face checkpoint (no config.json)")
     config = AutoConfig.from_pretrained(path)
     if config.model_type != "bert":
@@ -167,10 +171,16 @@ def load_checkpoint(
         bert = BertForSequenceClassification.from_pretrained(path, attn_implementation="eager")
         labels = _labels_from_config(bert.config)
         model = LoadedModel(
-            head, ChunkEncoder(bert, "logits"), make_aggregator(head, 0, len(labels)), labels,
-            tokenizer_path, chunk_cfg, config.hidden_size, config.num_attention_heads,
+            head,
+            ChunkEncoder(bert, "logits"),
+            make_aggregator(head, 0, len(labels)),
+            labels,
+            tokenizer_path,
+            chunk_cfg,
+            config.hidden_size,
+            config.num_attention_heads,
             source=str(path),
-        )  # fmt: skip
+        )
         return _eval(model)
 
     bert = BertModel.from_pretrained(path, attn_implementation="eager", add_pooling_layer=False)
@@ -191,9 +201,17 @@ def load_checkpoint(
         )
     _check_positions(head, options, chunk_cfg)
     model = LoadedModel(
-        head, ChunkEncoder(bert, "mean"), aggregator, labels, tokenizer_path, chunk_cfg,
-        config.hidden_size, config.num_attention_heads, options, source=str(path),
-    )  # fmt: skip
+        head,
+        ChunkEncoder(bert, "mean"),
+        aggregator,
+        labels,
+        tokenizer_path,
+        chunk_cfg,
+        config.hidden_size,
+        config.num_attention_heads,
+        options,
+        source=str(path),
+    )
     return _eval(model)
 
 
@@ -242,9 +260,17 @@ def load_preset(
         options = random_head_options(head, chunk_cfg.max_chunks)
         aggregator = build_head(head, config.hidden_size, labels, options, seed + 1)
     model = LoadedModel(
-        head, encoder, aggregator, labels, tokenizer_path, chunk_cfg, config.hidden_size,
-        config.num_attention_heads, options, source=f"preset:{name}",
-    )  # fmt: skip
+        head,
+        encoder,
+        aggregator,
+        labels,
+        tokenizer_path,
+        chunk_cfg,
+        config.hidden_size,
+        config.num_attention_heads,
+        options,
+        source=f"preset:{name}",
+    )
     return _eval(model)
 
 
@@ -256,13 +282,13 @@ def materialize_preset(name: str, seed: int, cache_dir: str | Path) -> Path:
 
     config = preset_config(name)
     target = Path(cache_dir) / "presets" / f"{name}-seed{seed}"
-    if (target / "config.json").is_file():
+    if (target / CONFIG_FILE).is_file():
         return target
     torch.manual_seed(seed)
     model = BertModel(config, add_pooling_layer=True)
     tmp = target.with_name(target.name + ".tmp")
     model.save_pretrained(tmp)
-    shutil.copy(default_tokenizer_dir() / "tokenizer.json", tmp / "tokenizer.json")
+    shutil.copy(default_tokenizer_dir() / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
     tmp.rename(target)
     return target
 
@@ -356,14 +382,14 @@ def save_checkpoint(
         if bert is not None:
             bert.save_pretrained(out)
         else:
-            for name in ("config.json", "model.safetensors", "pytorch_model.bin"):
+            for name in (CONFIG_FILE, WEIGHTS_FILE, "pytorch_model.bin"):
                 if (encoder_dir / name).is_file() and not (out / name).exists():
                     _link_or_copy(encoder_dir / name, out / name)
         hidden = int(head_module.classifier.in_features)
         _write_head_spec(out, head, hidden, labels, dict(head_options or {}), chunking)
         _write_head_weights(out, head_module)
-    if tokenizer.resolve() != (out / "tokenizer.json").resolve():
-        shutil.copy(tokenizer, out / "tokenizer.json")
+    if tokenizer.resolve() != (out / TOKENIZER_FILE).resolve():
+        shutil.copy(tokenizer, out / TOKENIZER_FILE)
 
 
 def make_classifier_checkpoint(
@@ -389,5 +415,5 @@ def make_classifier_checkpoint(
         model.classifier.bias.zero_()
     directory = Path(directory)
     model.save_pretrained(directory)
-    shutil.copy(encoder_dir / "tokenizer.json", directory / "tokenizer.json")
+    shutil.copy(encoder_dir / TOKENIZER_FILE, directory / TOKENIZER_FILE)
     return directory

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from longdoc.contract import CHUNKING_DEFAULTS, OVERFLOW_POLICIES, STRATEGIES
+from longdoc.contract import CHUNKING_DEFAULTS, OVERFLOW_POLICIES, STRATEGIES, TOKENIZER_FILE
 
 DEFAULT_BUCKETS = CHUNKING_DEFAULTS["seq_buckets"]
 # Version of the chunking.json layout. A reader refuses versions and keys it does not know:
@@ -147,7 +147,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     """
     path = Path(path)
     if path.is_dir():
-        path = path / "tokenizer.json"
+        path = path / TOKENIZER_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no tokenizer.json at {path}")
     tokenizer = Tokenizer.from_file(str(path))

@@ -26,6 +26,7 @@ SUBCOMMAND_MODULES = [
     "longdoc.training.cli",  # longdoc train
     "longdoc.training.sweep",  # longdoc sweep
     "longdoc.evaluate",  # longdoc evaluate
+    "longdoc.batch.cli",  # longdoc batch
 ]
 
 

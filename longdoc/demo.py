@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from longdoc.cli_options import UsageError, existing_dir
+from longdoc.cli_options import CommandFailed, UsageError, existing_dir
+from longdoc.contract import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 
 ASSETS = Path(__file__).parent / "demo_assets"
 HEAD_DIR = ASSETS / "head"
@@ -69,7 +70,7 @@ def build_checkpoint(head_dir: Path, target: Path) -> Path:
 
     target.mkdir(parents=True, exist_ok=True)
     encoder = minilm_dir()
-    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+    for name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE):
         shutil.copy(encoder / name, target / name)
     for name in (HEAD_JSON, HEAD_WEIGHTS):
         shutil.copy(head_dir / name, target / name)
@@ -86,10 +87,11 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from longdoc.checkpoint import HEAD_JSON
-    from longdoc.client.classifier import DocumentClassifierClient
+    from longdoc.classifiers import open_classifier
     from longdoc.data import read_dataset
     from longdoc.export.pipeline import ExportSpec
     from longdoc.export.pipeline import run as run_export
+    from longdoc.results import DocumentError
     from longdoc.server.options import ServeOptions
     from longdoc.server.probe import free_ports
     from longdoc.server.process import start_server
@@ -126,32 +128,36 @@ def run(args: argparse.Namespace) -> int:
     ) as server:
         say(f"      ready in {time.perf_counter() - started:.1f} s; log {server.log_path}")
         texts = [e.text for e in examples]
-        ids = [Path(e.id).name for e in examples]
         say(f"[3/3] classifying {len(texts)} held-out test documents over gRPC and HTTP ...")
+        # Through the classifier interface, as evaluation reads a server.
+        grpc = open_classifier(url=server.grpc_url, protocol="grpc")
+        http = open_classifier(url=server.http_url, protocol="http")
         t0 = time.perf_counter()
-        by_grpc = DocumentClassifierClient(server.grpc_url, "grpc").classify(texts, ids)
-        t1 = time.perf_counter()
-        by_http = DocumentClassifierClient(server.http_url, "http").classify(texts, ids)
+        try:
+            by_grpc = grpc.classify(texts)
+            t1 = time.perf_counter()
+            by_http = http.classify(texts)
+        except DocumentError as exc:
+            raise CommandFailed(f"{examples[exc.index].source}: {exc}") from None
+    labels = grpc.labels
     print(f"\n{'document':<34}{'chunks':>7}  {'true label':<14}{'predicted':<14}{'p':>6}")
     failures = right = 0
     for e, a, b in zip(examples, by_grpc, by_http, strict=True):
-        if not (a.ok and b.ok):
-            failures += 1
-            print(f"{a.id:<34} ERROR {a.error or b.error}")
-            continue
+        name = Path(e.id).name
         if not np.allclose(a.logits, b.logits, atol=1e-5):
             failures += 1
-            print(f"{a.id:<34} gRPC and HTTP answers differ")
-        mark = "ok" if a.label == e.label else "WRONG"
-        right += a.label == e.label
+            print(f"{name:<34} gRPC and HTTP answers differ")
+        label = labels[a.index]
+        mark = "ok" if label == e.label else "WRONG"
+        right += label == e.label
         print(
-            f"{a.id[:33]:<34}{a.num_chunks:>7}  {e.label:<14}{a.label:<14}"
-            f"{a.probabilities[a.label]:>6.2f}  {mark}"
+            f"{name[:33]:<34}{a.num_chunks:>7}  {e.label:<14}{label:<14}"
+            f"{a.probabilities[a.index]:>6.2f}  {mark}"
         )
-        top = int(np.argmax(a.chunk_logits[:, a.labels.index(a.label)]))
-        quote = passage(e.text, a.chunk_spans[top])
+        top = a.best_chunk()
+        quote = passage(e.text, a.spans[top])
         print(f'    window {top + 1}/{a.num_chunks} drove it: "{quote}"')
-    chunks = sum(r.num_chunks for r in by_grpc if r.ok)
+    chunks = sum(r.num_chunks for r in by_grpc)
     print(
         f"\n{right}/{len(examples)} right. {chunks} windows in {t1 - t0:.1f} s over gRPC "
         f"({chunks / (t1 - t0):.1f} windows/s on this machine). The head's accuracy on the "

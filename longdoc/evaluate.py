@@ -1,164 +1,86 @@
 """`longdoc evaluate`: accuracy, macro-F1, per-class figures, confusion matrix, by length.
 
-Three sources, the same decisions:
+Three sources, one classifier interface (``longdoc.classifiers.open_classifier``), the same
+decisions:
 
 * ``--checkpoint DIR``: the PyTorch model (``longdoc.reference``, the ground truth); a
   checkpoint that ``longdoc train --freeze-encoder`` wrote is evaluated over the same
   feature cache (same encoder, same windows) unless ``--no-cache``; a TF-IDF baseline
-  directory is evaluated with scikit-learn;
+  directory is evaluated with scikit-learn (``longdoc.tfidf``);
 * ``--repository DIR``: the exported ONNX files in-process (``longdoc.runtime``);
-* ``--url HOST:PORT``: a running server (``DocumentClassifierClient``).
+* ``--url HOST:PORT``: a running server (``longdoc.client``), with the server flags every
+  command shares (``--protocol --model --header --timeout --retries``).
 
-The report's top level holds ``accuracy``, ``macro_f1``, ``documents`` and ``by_length``
-(up to 512, 513-2048, over 2048 document tokens), then ``per_class``,
-``confusion_matrix``, ``labels`` and one ``predictions`` row per document.
+Each document is tokenized once, by the classifier; only a source that does not report
+token counts (a server, TF-IDF) has them counted here for the length buckets.
+
+``--output DIR`` receives ``report.json`` and ``report.png``. The report's top level holds
+``accuracy``, ``macro_f1``, ``documents`` and ``by_length`` (up to 512, 513-2048, over 2048
+document tokens), then ``per_class``, ``confusion_matrix``, ``labels`` and one
+``predictions`` row per document.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from longdoc.classifiers import open_classifier
+from longdoc.cli_options import (
+    CommandFailed,
+    UsageError,
+    add_output_arg,
+    add_server_args,
+    server_kwargs,
+)
+from longdoc.contract import TOKENIZER_FILE
 from longdoc.data import DataError, Example, check_known_labels, data_hash, read_dataset
 from longdoc.metrics import by_length, classification_report, plot_confusion
+from longdoc.results import Classifier, DocumentError, DocumentResult
 
-TRAINING_JSON = "training.json"
+REPORT_FILE = "report.json"
+BATCH_DOCS = 16  # documents per classify() call (a progress step)
 
 
 class Predictions:
-    """Per-document logits (label order ``labels``) and document token counts."""
+    """Per-document logits (label order ``labels``), window counts and token counts."""
 
-    def __init__(self, labels: list[str], logits: np.ndarray, num_chunks: list[int]) -> None:
+    def __init__(
+        self, labels: list[str], logits: np.ndarray, num_chunks: list[int], num_tokens=None
+    ) -> None:
         self.labels = labels
         self.logits = logits
         self.num_chunks = num_chunks
+        self.num_tokens = num_tokens
 
 
-def _training_record(checkpoint: Path) -> dict:
-    path = checkpoint / TRAINING_JSON
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def predict_tfidf(checkpoint: Path, examples: list[Example]) -> Predictions:
-    import pickle
-
-    with (checkpoint / "tfidf.pkl").open("rb") as f:
-        saved = pickle.load(f)  # noqa: S301  (a file `longdoc train` wrote)
-    proba = saved["pipeline"].predict_proba([e.text for e in examples])
-    logits = np.log(np.clip(proba, 1e-12, None)).astype(np.float32)
-    return Predictions(list(saved["labels"]), logits, [0] * len(examples))
-
-
-def predict_checkpoint(
-    checkpoint: Path, examples: list[Example], *, use_cache: bool = True,
-    cache_dir: Path | None = None, progress: bool = True,
-) -> Predictions:  # fmt: skip
-    """PyTorch decisions of a checkpoint directory (a `longdoc train` output or any
-    checkpoint `longdoc export` reads)."""
-    import torch
+def predict(
+    classifier: Classifier, examples: list[Example], progress: bool = True, desc: str = ""
+) -> Predictions:
+    """The classifier's decisions on ``examples``; a document it cannot classify is a
+    ``DataError`` naming its file."""
     from tqdm import tqdm
 
-    from longdoc.checkpoint import load_checkpoint
-    from longdoc.chunking import ChunkingError, load_tokenizer
-    from longdoc.features import document_windows, encoder_hash
-    from longdoc.reference import encode_chunks
-
-    if (checkpoint / "tfidf.pkl").is_file():
-        return predict_tfidf(checkpoint, examples)
-    record = _training_record(checkpoint)
-    model = load_checkpoint(checkpoint)
-    mode = record.get("window", "chunks")
-    encoder = record.get("encoder", {})
-    frozen_dir = Path(encoder["path"]) if encoder.get("frozen") else None
-    if use_cache and frozen_dir and (frozen_dir / "config.json").is_file() and \
-            encoder_hash(frozen_dir) == encoder.get("hash"):  # fmt: skip
-        return _predict_from_cache(model, record, frozen_dir, examples, cache_dir, progress)
-    tokenizer = load_tokenizer(model.tokenizer_path)
-    logits, counts = [], []
-    with torch.inference_mode():
-        for e in tqdm(examples, desc="evaluate (PyTorch)", unit="doc", disable=not progress):
+    results: list[DocumentResult] = []
+    with tqdm(
+        total=len(examples), desc=desc or "evaluate", unit="doc", disable=not progress
+    ) as bar:
+        for start in range(0, len(examples), BATCH_DOCS):
+            batch = examples[start : start + BATCH_DOCS]
             try:
-                rows, _ = document_windows(e.text, tokenizer, model.chunking, mode)
-            except ChunkingError as exc:
-                raise DataError(f"{e.source}: {exc}") from None
-            if mode == "chunks":  # the reference path exactly (padded windows)
-                from longdoc.chunking import chunk_text
-
-                chunks = chunk_text(e.text, tokenizer, model.chunking)
-                vectors = encode_chunks(model, chunks)
-            else:
-                ids = torch.from_numpy(rows[0][None, :])
-                vectors = model.encoder(ids, torch.ones_like(ids))
-            out, _ = model.aggregator(
-                vectors.unsqueeze(0), torch.ones((1, len(vectors)), dtype=torch.int64)
-            )
-            logits.append(out[0].float().numpy())
-            counts.append(len(vectors))
-    return Predictions(model.labels, np.stack(logits), counts)
-
-
-def _predict_from_cache(model, record, encoder_dir, examples, cache_dir, progress):
-    import torch
-
-    from longdoc.chunking import ChunkingConfig
-    from longdoc.contract import LOGIT_HEADS
-    from longdoc.features import compute_features, feature_chunking, select_features
-    from longdoc.heads import pad_batch
-
-    mode = record.get("window", "chunks")
-    chunking = ChunkingConfig.from_dict(record.get("chunking") or model.chunking.to_dict())
-    feats = compute_features(examples, encoder_dir, feature_chunking(chunking, mode), mode=mode,
-                             cache_dir=cache_dir, progress=progress)  # fmt: skip
-    kind = "pooled" if model.head in LOGIT_HEADS else "mean"
-    vectors = select_features(feats, examples, chunking, mode, kind)
-    logits = []
-    with torch.inference_mode():
-        for i in range(0, len(vectors), 64):
-            x, mask = pad_batch([torch.from_numpy(np.ascontiguousarray(v))
-                                 for v in vectors[i : i + 64]], "cpu")  # fmt: skip
-            if model.head in LOGIT_HEADS:
-                x = model.encoder.bert.classifier(x)
-            out, _ = model.aggregator(x, mask)
-            logits.append(out.float().numpy())
-    return Predictions(model.labels, np.concatenate(logits), [len(v) for v in vectors])
-
-
-def predict_repository(repository: Path, examples: list[Example], progress: bool = True):
-    from tqdm import tqdm
-
-    from longdoc.chunking import ChunkingError
-    from longdoc.runtime import OnnxPipeline
-
-    pipeline = OnnxPipeline(repository)
-    logits, counts = [], []
-    for e in tqdm(examples, desc="evaluate (onnxruntime)", unit="doc", disable=not progress):
-        try:
-            result = pipeline.classify([e.text])[0]
-        except ChunkingError as exc:
-            raise DataError(f"{e.source}: {exc}") from None
-        logits.append(np.asarray(result.logits, dtype=np.float32))
-        counts.append(result.num_chunks)
-    return Predictions(pipeline.labels, np.stack(logits), counts)
-
-
-def predict_url(url: str, examples: list[Example], protocol: str = "grpc", concurrency: int = 4):
-    from longdoc.client.classifier import DocumentClassifierClient
-
-    client = DocumentClassifierClient(url, protocol=protocol)
-    results = client.classify([e.text for e in examples], ids=[e.id for e in examples],
-                              concurrency=concurrency)  # fmt: skip
-    failed = [(e, r) for e, r in zip(examples, results, strict=True) if r.error]
-    if failed:
-        e, r = failed[0]
-        raise DataError(f"{e.source}: the server refused it: {r.error}")
-    labels = results[0].labels
+                results += classifier.classify([e.text for e in batch])
+            except DocumentError as exc:
+                raise DataError(f"{batch[exc.index].source}: {exc}") from None
+            bar.update(len(batch))
     logits = np.stack([np.asarray(r.logits, dtype=np.float32) for r in results])
-    return Predictions(labels, logits, [r.num_chunks for r in results])
+    counts = [r.num_chunks for r in results]
+    tokens = [r.num_tokens for r in results]
+    return Predictions(list(classifier.labels), logits, counts, tokens)
 
 
 def count_tokens(examples: list[Example], tokenizer_path: Path | None = None) -> list[int]:
@@ -169,8 +91,9 @@ def count_tokens(examples: list[Example], tokenizer_path: Path | None = None) ->
     return [len(tokenizer.encode(e.text, add_special_tokens=False).ids) for e in examples]
 
 
-def build_report(examples: list[Example], preds: Predictions, num_tokens: list[int],
-                 source: str) -> dict:  # fmt: skip
+def build_report(
+    examples: list[Example], preds: Predictions, num_tokens: list[int], source: str
+) -> dict:
     labels = preds.labels
     check_known_labels(examples, labels)
     index = {label: i for i, label in enumerate(labels)}
@@ -199,15 +122,28 @@ def build_report(examples: list[Example], preds: Predictions, num_tokens: list[i
             for e, p, n, c, row in zip(
                 examples, y_pred, num_tokens, preds.num_chunks, preds.logits, strict=True
             )
-        ],  # fmt: skip
+        ],
     }
     return out
 
 
-def evaluate(data: Path, *, checkpoint: Path | None = None, repository: Path | None = None,
-             url: str | None = None, protocol: str = "grpc", output: Path | None = None,
-             use_cache: bool = True, cache_dir: Path | None = None, progress: bool = True,
-             plot: bool = True) -> dict:  # fmt: skip
+def evaluate(
+    data: Path,
+    *,
+    checkpoint: Path | None = None,
+    repository: Path | None = None,
+    url: str | None = None,
+    protocol: str = "grpc",
+    output: Path | None = None,
+    use_cache: bool = True,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    plot: bool = True,
+    server: dict[str, Any] | None = None,
+) -> dict:
+    """Score one source on the labelled documents of ``data``; ``output``: the report's
+    JSON file (its confusion matrix goes next to it as ``.png``). ``server``: the client's
+    options for ``url`` (``cli_options.server_kwargs``: headers, timeout, retries, model)."""
     if sum(x is not None for x in (checkpoint, repository, url)) != 1:
         raise ValueError("give exactly one of --checkpoint, --repository or --url")
     examples = read_dataset(data)
@@ -215,26 +151,28 @@ def evaluate(data: Path, *, checkpoint: Path | None = None, repository: Path | N
     tokenizer_path = None
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
-        labels = _labels_of_checkpoint(checkpoint)
-        check_known_labels(examples, labels)  # before any compute
-        preds = predict_checkpoint(checkpoint, examples, use_cache=use_cache,
-                                   cache_dir=cache_dir, progress=progress)  # fmt: skip
-        source = f"checkpoint:{checkpoint}"
-        if (checkpoint / "tokenizer.json").is_file():
-            tokenizer_path = checkpoint / "tokenizer.json"
+        if not checkpoint.is_dir():
+            raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+        options = {"use_cache": use_cache, "cache_dir": cache_dir, "progress": progress}
+        classifier = open_classifier(checkpoint=checkpoint, **options)
+        source, desc = f"checkpoint:{checkpoint}", "evaluate (PyTorch)"
+        if (checkpoint / TOKENIZER_FILE).is_file():
+            tokenizer_path = checkpoint / TOKENIZER_FILE
     elif repository is not None:
-        from longdoc.runtime import read_labels
-
-        repository = Path(repository)
-        check_known_labels(examples, read_labels(repository / "document_classifier" / "labels.txt"))
-        preds = predict_repository(repository, examples, progress)
-        source = f"repository:{repository}"
-        tokenizer_path = repository / "chunker" / "1" / "tokenizer.json"
+        classifier = open_classifier(repository=repository)
+        source, desc = f"repository:{repository}", "evaluate (onnxruntime)"
     else:
-        preds = predict_url(url, examples, protocol)
-        source = f"{protocol}://{url}"
+        options = {"protocol": protocol, "concurrency": 4, **(server or {})}
+        options.pop("url", None)
+        classifier = open_classifier(url=url, **options)
+        source, desc = f"{options['protocol']}://{url}", "evaluate (server)"
+    check_known_labels(examples, classifier.labels)  # before any compute
+    preds = predict(classifier, examples, progress, desc)
     seconds = time.perf_counter() - started
-    report = build_report(examples, preds, count_tokens(examples, tokenizer_path), source)
+    num_tokens = preds.num_tokens
+    if any(n is None for n in num_tokens):  # a source that does not tokenize here
+        num_tokens = count_tokens(examples, tokenizer_path)
+    report = build_report(examples, preds, num_tokens, source)
     report["seconds"] = round(seconds, 1)
     report["data"] = str(data)
     if output is not None:
@@ -243,47 +181,37 @@ def evaluate(data: Path, *, checkpoint: Path | None = None, repository: Path | N
         output.write_text(json.dumps(report, indent=2) + "\n")
         if plot:
             try:
-                plot_confusion(report["confusion_matrix"], report["labels"],
-                               output.with_suffix(".png"),
-                               f"{source}  accuracy {report['accuracy']:.3f}")  # fmt: skip
+                title = f"{source}  accuracy {report['accuracy']:.3f}"
+                plot_confusion(
+                    report["confusion_matrix"], report["labels"], output.with_suffix(".png"), title
+                )
             except ImportError:
                 pass
     return report
 
 
-def _labels_of_checkpoint(checkpoint: Path) -> list[str]:
-    if (checkpoint / "head.json").is_file():
-        return list(json.loads((checkpoint / "head.json").read_text())["labels"])
-    record = _training_record(checkpoint)
-    if "labels" in record:
-        return list(record["labels"])
-    config = checkpoint / "config.json"
-    if config.is_file():
-        id2label = json.loads(config.read_text()).get("id2label", {})
-        return [id2label[k] for k in sorted(id2label, key=int)]
-    raise FileNotFoundError(f"{checkpoint}: no head.json, training.json or config.json")
-
-
 def summary_line(report: dict) -> str:
     long = report["by_length"]["over 2048"]
-    return (f"{report['documents']} documents: accuracy {report['accuracy']:.4f}, macro-F1 "
-            f"{report['macro_f1']:.4f}; over 2048 tokens ({long['documents']}): accuracy "
-            f"{long['accuracy']:.4f}")  # fmt: skip
+    return (
+        f"{report['documents']} documents: accuracy {report['accuracy']:.4f}, macro-F1 "
+        f"{report['macro_f1']:.4f}; over 2048 tokens ({long['documents']}): accuracy "
+        f"{long['accuracy']:.4f}"
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "evaluate", help="accuracy, macro-F1 and confusion matrix of a model on labelled data",
+        "evaluate",
+        help="accuracy, macro-F1 and confusion matrix of a model on labelled data",
         description="Evaluate a checkpoint (PyTorch), an exported repository (onnxruntime) "
         "or a running server on labelled documents.",
-    )  # fmt: skip
+    )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", type=Path)
-    src.add_argument("--repository", type=Path)
-    src.add_argument("--url", help="HOST:PORT of a running server")
-    p.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    src.add_argument("--checkpoint", type=Path, metavar="DIR")
+    src.add_argument("--repository", type=Path, metavar="DIR")
+    add_server_args(p, url_group=src)
     p.add_argument("--data", type=Path, required=True, help="label folders, .jsonl or .csv")
-    p.add_argument("--output", type=Path, required=True, help="report.json (+ report.png)")
+    add_output_arg(p, "report.json and report.png")
     p.add_argument(
         "--no-cache",
         action="store_true",
@@ -295,14 +223,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    output = args.output / REPORT_FILE
     try:
         report = evaluate(
-            args.data, checkpoint=args.checkpoint, repository=args.repository, url=args.url,
-            protocol=args.protocol, output=args.output, use_cache=not args.no_cache,
-            cache_dir=args.cache_dir, progress=not args.no_progress,
-        )  # fmt: skip
+            args.data,
+            checkpoint=args.checkpoint,
+            repository=args.repository,
+            url=args.url,
+            protocol=args.protocol,
+            output=output,
+            use_cache=not args.no_cache,
+            cache_dir=args.cache_dir,
+            progress=not args.no_progress,
+            server=server_kwargs(args) if args.url else None,
+        )
     except (DataError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(summary_line(report) + f" -> {args.output}")
+        raise UsageError(str(exc)) from None
+    except (RuntimeError, ConnectionError) as exc:  # e.g. the server could not be reached
+        raise CommandFailed(str(exc)) from None
+    print(summary_line(report) + f" -> {output}")
     return 0

@@ -6,17 +6,19 @@ pooled ``[CLS]`` output (what a ``BertForSequenceClassification`` classifier rea
 ``logits-*`` heads). Both come from one encoder pass over the windows that
 ``longdoc.chunking`` cuts, so a head is trained on the windows it will be served on.
 
-One cache entry serves every cap. Its key is a hash of the encoder (config + weight files),
-the parameters that decide where windows fall (``max_length``, ``overlap``, ``strategy``),
-the data (ids, labels, contents) and the window mode; ``max_chunks`` and ``overflow`` are
-not in it. An entry has a slot for every window of every document and remembers which
-slots are filled: a run fills only the windows its cap reads, so a first-window run on a
-fresh cache encodes one window per document, and any cap after an uncapped run encodes
-nothing. Computation is resumable: windows are written in shards as they finish, and a
+One cache entry serves every cap and every data set. Its key is a hash of the encoder
+(config + weight files), the parameters that decide where windows fall (``max_length``,
+``overlap``, ``strategy``) and the window mode; neither ``max_chunks``/``overflow`` nor the
+data are in it. Inside, documents are found by the hash of their text, each with a slot for
+every one of its windows and a mask of the slots filled: a run encodes only the windows its
+cap reads that no run encoded before, so a first-window run on a fresh cache encodes one
+window per document, any cap after an uncapped run encodes nothing, and a subsample, a
+held-out slice or an evaluation in batches of 16 documents reuses what the whole split
+filled. Computation is resumable: windows are written in shards as they finish, and a
 restarted run skips what is on disk.
 
-Engines: onnxruntime on an exported, fused copy of the encoder (the fastest on CPU, and the
-same graph family the server runs), or PyTorch (on CUDA, or when asked).
+The engines that encode windows (onnxruntime on a fused export of the encoder, or PyTorch)
+are in :mod:`longdoc.feature_engines`.
 """
 
 from __future__ import annotations
@@ -39,10 +41,12 @@ from longdoc.chunking import (
     special_ids,
     window_ranges,
 )
-from longdoc.data import DataError, Example, data_hash
+from longdoc.data import DataError, Example
+from longdoc.feature_engines import make_engine
 
-# 2: one entry per chunking without the cap, with a filled-slot mask (1 keyed the cap).
-FEATURES_VERSION = 2
+# 3: one entry per encoder and window placement, documents by content hash, a filled-slot
+# mask (2 keyed the data, 1 the data and the cap).
+FEATURES_VERSION = 3
 SHARD_DOCS = 32
 HEAD_TOKENS = 128
 # The chunking parameters that decide where a document's windows fall (the cache key).
@@ -77,12 +81,13 @@ def chunking_key(chunking: ChunkingConfig) -> dict:
     return {k: getattr(chunking, k) for k in WINDOW_KEYS}
 
 
-def cache_key(enc_hash: str, chunking: ChunkingConfig, data: str, mode: str) -> str:
+def cache_key(enc_hash: str, chunking: ChunkingConfig, mode: str) -> str:
+    """The entry of an encoder and a window placement; documents are found in it by
+    content, so the key holds neither the data nor the cap."""
     spec = {
         "version": FEATURES_VERSION,
         "encoder": enc_hash,
         "chunking": chunking_key(chunking),
-        "data": data,
         "mode": mode,
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
@@ -191,153 +196,82 @@ def select_features(
     return out
 
 
-# --------------------------------------------------------------------------- engines
-
-
-def _feature_module(encoder_dir: Path):
-    import torch
-    from transformers import BertModel
-
-    from longdoc.heads import masked_mean
-
-    class FeatureEncoder(torch.nn.Module):
-        """ids, mask -> [masked mean of last hidden states | pooled [CLS]]."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.bert = BertModel.from_pretrained(
-                encoder_dir, attn_implementation="eager", add_pooling_layer=True
-            )
-
-        def forward(self, input_ids, attention_mask):
-            out = self.bert(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                token_type_ids=torch.zeros_like(input_ids),
-            )
-            pooled = masked_mean(out.last_hidden_state, attention_mask)
-            return torch.cat([pooled, out.pooler_output], dim=-1)
-
-    return FeatureEncoder().eval()
-
-
-class OnnxFeatureEngine:
-    """The feature encoder exported to ONNX and fused by ORT's BERT optimizer."""
-
-    def __init__(self, encoder_dir: Path, cache_dir: Path, enc_hash: str, threads: int = 0):
-        import warnings
-
-        import torch
-
-        from longdoc.runtime import make_session
-
-        path = cache_dir / "onnx" / f"{enc_hash[:24]}.onnx"
-        if not path.is_file():
-            from longdoc.export.precision import fuse
-
-            module = _feature_module(encoder_dir)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            plain = path.with_suffix(".plain.onnx")
-            ids = torch.full((1, 16), 1000, dtype=torch.int64)
-            axes = {n: {0: "batch", 1: "sequence"} for n in ("input_ids", "attention_mask")}
-            with warnings.catch_warnings(), torch.inference_mode():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    module,
-                    (ids, torch.ones_like(ids)),
-                    str(plain),
-                    opset_version=17,
-                    dynamo=False,
-                    input_names=["input_ids", "attention_mask"],
-                    output_names=["features"],
-                    dynamic_axes={**axes, "features": {0: "batch"}},
-                )
-            cfg = module.bert.config
-            tmp = path.with_suffix(".tmp.onnx")
-            fuse(plain, tmp, cfg.num_attention_heads, cfg.hidden_size)
-            tmp.rename(path)
-            plain.unlink()
-        self.session = make_session(path, threads or None)
-
-    def __call__(self, ids: np.ndarray) -> np.ndarray:
-        feeds = {"input_ids": ids[None, :], "attention_mask": np.ones((1, len(ids)), np.int64)}
-        return self.session.run(["features"], feeds)[0][0]
-
-
-class TorchFeatureEngine:
-    def __init__(self, encoder_dir: Path, device: str = "cpu") -> None:
-        self.module = _feature_module(encoder_dir).to(device)
-        self.device = device
-
-    def __call__(self, ids: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            t = torch.from_numpy(ids[None, :]).to(self.device)
-            return self.module(t, torch.ones_like(t))[0].float().cpu().numpy()
-
-
-def make_engine(encoder_dir: Path, cache_dir: Path, enc_hash: str, engine: str = "auto"):
-    if engine == "auto":
-        import torch
-
-        engine = "torch" if torch.cuda.is_available() else "onnx"
-    if engine == "onnx":
-        return OnnxFeatureEngine(encoder_dir, cache_dir, enc_hash)
-    import torch
-
-    return TorchFeatureEngine(encoder_dir, "cuda" if torch.cuda.is_available() else "cpu")
-
-
 # --------------------------------------------------------------------------- cache
 
 
 @dataclass
-class _Entry:
-    """A cache entry in memory: every window's slot, filled or not."""
+class _Store:
+    """A cache entry in memory: documents by content hash, a slot for each of their
+    windows, and which slots hold a vector. One writer at a time is assumed: two processes
+    filling one entry at once lose work (the last save wins), never corrupt it."""
 
-    offsets: np.ndarray
-    num_tokens: np.ndarray
-    vectors: np.ndarray | None = None  # float32 [windows, 2H] once a window is known
+    shas: list[str] = field(default_factory=list)
+    num_tokens: list[int] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=lambda: [0])
+    vectors: np.ndarray | None = None  # float32 [slots, 2H] once a window is known
     done: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    index: dict[str, int] = field(default_factory=dict)
+
+    def add(self, sha: str, num_tokens: int, slots: int) -> None:
+        self.index[sha] = len(self.shas)
+        self.shas.append(sha)
+        self.num_tokens.append(num_tokens)
+        self.offsets.append(self.offsets[-1] + slots)
+
+    def grow(self) -> None:
+        """Room for the slots of the documents added since the last call."""
+        extra = self.offsets[-1] - len(self.done)
+        if extra:
+            self.done = np.concatenate([self.done, np.zeros(extra, dtype=bool)])
+        if self.vectors is not None and len(self.vectors) < len(self.done):
+            pad = np.zeros((len(self.done) - len(self.vectors), self.vectors.shape[1]), np.float32)
+            self.vectors = np.concatenate([self.vectors, pad])
 
     def fill(self, rows: np.ndarray, vectors: np.ndarray) -> None:
+        self.grow()
         if self.vectors is None:
-            self.vectors = np.zeros((int(self.offsets[-1]), vectors.shape[1]), np.float32)
+            self.vectors = np.zeros((len(self.done), vectors.shape[1]), np.float32)
         self.vectors[rows] = vectors
         self.done[rows] = True
+
+    def apply(self, part: Path) -> None:
+        """Add an interrupted run's finished shard (documents, then their windows)."""
+        with np.load(part) as z:
+            for sha, tokens, slots in zip(z["doc_shas"], z["doc_tokens"], z["doc_slots"]):
+                if str(sha) not in self.index:
+                    self.add(str(sha), int(tokens), int(slots))
+            docs = [self.index[str(sha)] for sha in z["win_shas"]]
+            rows = np.asarray([self.offsets[d] for d in docs], dtype=np.int64) + z["win_index"]
+            self.fill(rows, z["vectors"])
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp.npz")
         vectors = self.vectors if self.vectors is not None else np.zeros((len(self.done), 0))
         np.savez(
-            tmp, vectors=vectors, done=self.done, offsets=self.offsets, num_tokens=self.num_tokens
+            tmp,
+            shas=np.asarray(self.shas, dtype="U64"),
+            vectors=vectors,
+            done=self.done,
+            num_tokens=np.asarray(self.num_tokens, dtype=np.int64),
+            offsets=np.asarray(self.offsets, dtype=np.int64),
         )
         tmp.rename(path)
 
-
-def _scan(examples: list[Example], tokenizer, chunking: ChunkingConfig, mode: str):
-    """Tokenize every document once: its token ids and its slot count (all its windows)."""
-    tokens, counts = [], []
-    for e in examples:
-        try:
-            ids = _tokens(e.text, tokenizer)
-        except ChunkingError as exc:
-            raise DataError(f"{e.source}: {exc}") from None
-        tokens.append(ids)
-        counts.append(window_indices(len(ids), chunking, mode)[1])
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    num_tokens = np.asarray([len(t) for t in tokens], dtype=np.int64)
-    return tokens, _Entry(offsets, num_tokens, done=np.zeros(int(offsets[-1]), dtype=bool))
-
-
-def _load(entry: Path) -> _Entry | None:
-    final = entry / "features.npz"
-    if not final.is_file():
-        return None
-    with np.load(final) as z:
-        vectors = z["vectors"] if z["vectors"].shape[1] else None
-        return _Entry(z["offsets"], z["num_tokens"], vectors, z["done"].copy())
+    @classmethod
+    def load(cls, path: Path) -> _Store:
+        if not path.is_file():
+            return cls()
+        with np.load(path) as z:
+            shas = [str(x) for x in z["shas"]]
+            vectors = z["vectors"] if z["vectors"].shape[1] else None
+            return cls(
+                shas,
+                z["num_tokens"].tolist(),
+                z["offsets"].tolist(),
+                vectors,
+                z["done"].copy(),
+                {sha: i for i, sha in enumerate(shas)},
+            )
 
 
 def compute_features(
@@ -352,90 +286,115 @@ def compute_features(
     log: Callable[[str], None] = print,
 ) -> FeatureSet:
     """Window vectors for ``examples``: the windows ``chunking`` reads (its cap applied) are
-    taken from the cache entry of this encoder, window placement and data, and the missing
-    ones encoded (resumably) and stored there. The returned set also holds every window an
-    earlier run filled; ``computed`` counts the windows this call encoded."""
+    taken from the cache entry of this encoder and window placement, where documents are
+    found by content (so any split, subsample, held-out slice or batch of them hits), and
+    the missing ones are encoded (resumably) and stored there. The returned set also holds
+    every window an earlier run filled; ``computed`` counts the windows this call encoded."""
     from tqdm import tqdm
 
     encoder_dir = Path(encoder_dir)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     enc = encoder_hash(encoder_dir)
-    digest = data_hash(examples)
-    key = cache_key(enc, chunking, digest, mode)
+    key = cache_key(enc, chunking, mode)
     entry = cache_dir / "features" / key
-    state, tokens, tokenizer = _load(entry), None, None
-    if state is None:
-        tokenizer = load_tokenizer(_tokenizer_dir(encoder_dir))
-        tokens, state = _scan(examples, tokenizer, chunking, mode)
-        entry.mkdir(parents=True, exist_ok=True)
-        spec = {
-            "encoder": str(encoder_dir),
-            "encoder_hash": enc,
-            "chunking": chunking_key(chunking),
-            "documents": len(examples),
-            "data_hash": digest,
-            "mode": mode,
-        }
-        (entry / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
+    entry.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "encoder": str(encoder_dir),
+        "encoder_hash": enc,
+        "mode": mode,
+        "chunking": chunking_key(chunking),
+    }
+    (entry / "spec.json").write_text(json.dumps(spec, indent=2) + "\n")
+    store = _Store.load(entry / "store.npz")
     parts = sorted(p for p in entry.glob("part-*.npz") if not p.name.endswith(".tmp.npz"))
     for part in parts:  # an interrupted run's finished shards
-        with np.load(part) as z:
-            state.fill(z["rows"], z["vectors"])
-    missing = []  # (document, rows to encode, their window indices)
-    for i, e in enumerate(examples):
-        which = np.asarray(_wanted(int(state.num_tokens[i]), chunking, mode, e), dtype=np.int64)
-        rows = state.offsets[i] + which
-        todo = ~state.done[rows]
-        if todo.any():
-            missing.append((i, rows[todo], which[todo]))
+        store.apply(part)
+    tokenizer, tokens, shas = None, {}, [e.sha for e in examples]
+    for e, sha in zip(examples, shas):
+        if sha not in store.index and sha not in tokens:
+            tokenizer = tokenizer or load_tokenizer(_tokenizer_dir(encoder_dir))
+            try:
+                tokens[sha] = _tokens(e.text, tokenizer)
+            except ChunkingError as exc:
+                raise DataError(f"{e.source}: {exc}") from None
+            store.add(sha, len(tokens[sha]), window_indices(len(tokens[sha]), chunking, mode)[1])
+    store.grow()
+    missing, seen = [], set()  # (example, its document, window indices to encode)
+    for i, (e, sha) in enumerate(zip(examples, shas)):
+        d = store.index[sha]
+        which = np.asarray(_wanted(store.num_tokens[d], chunking, mode, e), dtype=np.int64)
+        which = which[~store.done[store.offsets[d] + which]]
+        if len(which) and sha not in seen:
+            seen.add(sha)
+            missing.append((i, d, which))
     started, computed = time.perf_counter(), 0
     if missing:
         tokenizer = tokenizer or load_tokenizer(_tokenizer_dir(encoder_dir))
         run = make_engine(encoder_dir, cache_dir, enc, engine)
-        total = sum(len(rows) for _, rows, _ in missing)
+        total = sum(len(which) for _, _, which in missing)
         label = f"features {mode} {chunking.max_length}/{chunking.overlap}"
         bar = tqdm(total=total, desc=label, unit="window", disable=not progress)
         for s in range(0, len(missing), SHARD_DOCS):
-            shard_rows, vecs = [], []
-            for i, rows, which in missing[s : s + SHARD_DOCS]:
-                ids = tokens[i] if tokens is not None else _tokens(examples[i].text, tokenizer)
-                for window in _rows(ids, tokenizer, chunking, mode, which):
+            shard = missing[s : s + SHARD_DOCS]
+            vecs, win_shas, win_index = [], [], []
+            for i, _, which in shard:
+                ids = tokens.get(shas[i])
+                ids = ids if ids is not None else _tokens(examples[i].text, tokenizer)
+                for w, window in zip(which, _rows(ids, tokenizer, chunking, mode, which)):
                     vecs.append(run(window))
+                    win_shas.append(shas[i])
+                    win_index.append(w)
                     bar.update(1)
-                shard_rows.append(rows)
             computed += len(vecs)
             bar.set_postfix(windows_per_s=f"{computed / (time.perf_counter() - started):.1f}")
-            rows, stacked = np.concatenate(shard_rows), np.stack(vecs).astype(np.float32)
-            name = f"part-{time.time_ns()}"  # unique, and sorted in the order written
-            np.savez(entry / f"{name}.tmp.npz", rows=rows, vectors=stacked)
-            (entry / f"{name}.tmp.npz").rename(entry / f"{name}.npz")
-            state.fill(rows, stacked)
+            docs = [d for _, d, _ in shard]
+            stacked = np.stack(vecs).astype(np.float32)
+            name = entry / f"part-{time.time_ns()}"  # unique, sorted in the order written
+            np.savez(
+                f"{name}.tmp.npz",
+                vectors=stacked,
+                win_index=np.asarray(win_index),
+                win_shas=np.asarray(win_shas, dtype="U64"),
+                doc_shas=np.asarray([store.shas[d] for d in docs], dtype="U64"),
+                doc_tokens=np.asarray([store.num_tokens[d] for d in docs]),
+                doc_slots=np.asarray([store.offsets[d + 1] - store.offsets[d] for d in docs]),
+            )
+            Path(f"{name}.tmp.npz").rename(f"{name}.npz")
+            rows = np.asarray([store.offsets[store.index[h]] for h in win_shas]) + win_index
+            store.fill(rows, stacked)
         bar.close()
-    if missing or parts or not (entry / "features.npz").is_file():
-        state.save(entry / "features.npz")
+    if missing or parts or tokens:
+        store.save(entry / "store.npz")
         for part in entry.glob("part-*.npz"):
             part.unlink()
-    seconds = time.perf_counter() - started
     if computed:
+        seconds = time.perf_counter() - started
         meta = {
-            "windows": int(state.offsets[-1]),
-            "filled": int(state.done.sum()),
+            "documents": len(store.shas),
+            "slots": int(len(store.done)),
+            "filled": int(store.done.sum()),
             "computed": computed,
             "seconds": round(seconds, 1),
             "windows_per_s": round(computed / seconds, 2),
         }
         (entry / "timing.json").write_text(json.dumps(meta) + "\n")
         log(f"features: {computed} windows in {seconds:.0f} s -> {entry}")
-    vectors = state.vectors if state.vectors is not None else np.zeros((len(state.done), 0))
+    return _gather(store, shas, key, computed)
+
+
+def _gather(store: _Store, shas: list[str], key: str, computed: int) -> FeatureSet:
+    """The slots of ``shas``' documents, in their order, as one feature set."""
+    docs = [store.index[sha] for sha in shas]
+    slices = [np.arange(store.offsets[d], store.offsets[d + 1]) for d in docs]
+    rows = np.concatenate(slices) if slices else np.zeros(0, dtype=np.int64)
+    counts = [len(r) for r in slices]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    vectors = store.vectors[rows] if store.vectors is not None else np.zeros((len(rows), 0))
     hidden = vectors.shape[1] // 2
+    num_tokens = np.asarray([store.num_tokens[d] for d in docs], dtype=np.int64)
+    done = store.done[rows]
     return FeatureSet(
-        vectors[:, :hidden],
-        vectors[:, hidden:],
-        state.offsets,
-        state.num_tokens,
-        key,
-        state.done,
-        computed,
+        vectors[:, :hidden], vectors[:, hidden:], offsets, num_tokens, key, done, computed
     )
 
 

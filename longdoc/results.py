@@ -1,10 +1,23 @@
-"""One document's answer, as every path returns it: the PyTorch reference, the in-process
-onnxruntime pipeline and (through the client) the server. numpy only: the Triton stubs'
-imports (``longdoc.runtime``) must not pull in torch."""
+"""The one classifier interface: ``classify(texts) -> list[DocumentResult]``.
+
+Whatever computes the logits implements :class:`Classifier`: the PyTorch reference on a
+checkpoint (``longdoc.reference.ReferenceClassifier``), the in-process onnxruntime pipeline
+on a repository (``longdoc.runtime.OnnxPipeline``), a running server through the client
+library (``longdoc.client.classifier.ServerClassifier``) and the TF-IDF baseline
+(``longdoc.tfidf.TfidfClassifier``). ``longdoc.classifiers.open_classifier`` picks one
+from a checkpoint, a repository or a server address. Evaluation, export's parity check,
+the benchmark's baselines and the demo go through it.
+
+numpy only, even lazily: the Triton stubs (``longdoc.runtime``) and the client-only install
+import this module, so it must not reach torch or onnxruntime (the factory, which imports
+every implementation, lives apart for that reason).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -13,11 +26,46 @@ import numpy as np
 class DocumentResult:
     """One document's decision, with the per-chunk scores behind it."""
 
-    logits: np.ndarray  # [L]
+    logits: np.ndarray  # [L], label order of the classifier's `labels`
     probabilities: np.ndarray  # [L]
     chunk_logits: np.ndarray  # [n_chunks, L]
-    spans: np.ndarray  # [n_chunks, 2]
+    spans: np.ndarray  # [n_chunks, 2] character offsets of each window's body
+    num_tokens: int | None = None  # document tokens; None where the source does not say
+    total_chunks: int | None = None  # windows in the whole document (before a cap)
 
     @property
     def num_chunks(self) -> int:
         return int(self.chunk_logits.shape[0])
+
+    @property
+    def index(self) -> int:
+        """The predicted label's index."""
+        return int(np.argmax(self.logits))
+
+    def best_chunk(self) -> int:
+        """The window whose score for the predicted label is highest."""
+        return int(np.argmax(self.chunk_logits[:, self.index]))
+
+
+class DocumentError(ValueError):
+    """A document a classifier cannot classify (``index``: its place in ``texts``)."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+@runtime_checkable
+class Classifier(Protocol):
+    """Text in, decisions out. ``classify`` is batched (implementations may share encoder
+    calls between documents), tokenizes each document once, returns one result per text
+    in order, and raises :class:`DocumentError` for a document it cannot classify."""
+
+    labels: list[str]
+
+    def classify(self, texts: Sequence[str]) -> list[DocumentResult]: ...
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)

@@ -1,7 +1,8 @@
 """Running the exported ONNX files in-process with onnxruntime.
 
-Three users, one code path: the `portable` profile's Triton models (encoder and aggregator
-run here inside the Python backend), the export parity report, and the benchmark's
+Users, one code path: the `portable` profile's Triton models (encoder and aggregator run
+here inside the Python backend), and, as the classifier interface on a repository
+(``longdoc.results.Classifier``), evaluation, the export parity report and the benchmark's
 in-process baseline (the ceiling for the server on the same files).
 
 Repository layout read here (written by `longdoc export`):
@@ -16,12 +17,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from longdoc.chunking import ChunkingConfig, Chunks, chunk_text, load_tokenizer
+from longdoc.chunking import ChunkingConfig, ChunkingError, Chunks, chunk_text, load_tokenizer
 from longdoc.contract import (
     AGGREGATOR,
     AGGREGATOR_INPUT,
@@ -40,7 +42,7 @@ from longdoc.contract import (
     TOKENIZER_FILE,
 )
 from longdoc.machine import serving_int8_kernels
-from longdoc.results import DocumentResult
+from longdoc.results import DocumentError, DocumentResult
 
 __all__ = [
     "DocumentResult",
@@ -127,19 +129,16 @@ class OnnxPipeline:
         )
         return logits, probabilities, chunk_logits
 
-    def classify(self, texts: list[str]) -> list[DocumentResult]:
-        results = []
-        for text in texts:
-            chunks = self.chunk(text)
-            vectors = self.encode(chunks.input_ids, chunks.attention_mask)
-            logits, probabilities, chunk_logits = self.aggregate(vectors)
-            results.append(DocumentResult(logits, probabilities, chunk_logits, chunks.spans))
-        return results
-
-    def classify_batched(self, texts: list[str]) -> list[DocumentResult]:
-        """Like the server: windows of all documents with the same length share encoder
-        calls (what Triton's dynamic batcher does), then each document is aggregated."""
-        chunked = [self.chunk(text) for text in texts]
+    def classify(self, texts: Sequence[str]) -> list[DocumentResult]:
+        """``longdoc.results.Classifier``: like the server, windows of all documents with
+        the same length share encoder calls (what Triton's dynamic batcher does), then each
+        document is aggregated. One document at a time is ``classify([text])``."""
+        chunked = []
+        for index, text in enumerate(texts):
+            try:
+                chunked.append(self.chunk(text))
+            except ChunkingError as exc:
+                raise DocumentError(index, str(exc)) from exc
         vectors: list[np.ndarray | None] = [None] * len(chunked)
         by_len: dict[int, list[int]] = {}
         for index, chunks in enumerate(chunked):
@@ -155,7 +154,16 @@ class OnnxPipeline:
         results = []
         for chunks, vec in zip(chunked, vectors, strict=True):
             logits, probabilities, chunk_logits = self.aggregate(vec)
-            results.append(DocumentResult(logits, probabilities, chunk_logits, chunks.spans))
+            results.append(
+                DocumentResult(
+                    logits,
+                    probabilities,
+                    chunk_logits,
+                    chunks.spans,
+                    num_tokens=chunks.num_tokens,
+                    total_chunks=chunks.total_chunks or chunks.num_chunks,
+                )
+            )
         return results
 
 

@@ -137,17 +137,37 @@ def export_repo(tmp_path_factory):
 
     cache: dict = {}
 
-    def make(checkpoint=None, preset=None, head=None, precision="fp32", profile="portable",
-             random_head=False, **chunking):  # fmt: skip
-        key = (str(checkpoint), preset, head, precision, profile, random_head,
-               tuple(sorted(chunking.items())))  # fmt: skip
+    def make(
+        checkpoint=None,
+        preset=None,
+        head=None,
+        precision="fp32",
+        profile="portable",
+        random_head=False,
+        **chunking,
+    ):
+        key = (
+            str(checkpoint),
+            preset,
+            head,
+            precision,
+            profile,
+            random_head,
+            tuple(sorted(chunking.items())),
+        )
         if key not in cache:
             out = tmp_path_factory.mktemp("repo")
             spec = ExportSpec(
-                output=out, checkpoint=checkpoint, preset=preset, head=head,
-                precision=precision, profile=profile, random_head=random_head,
-                num_labels=3, chunking=chunking,
-            )  # fmt: skip
+                output=out,
+                checkpoint=checkpoint,
+                preset=preset,
+                head=head,
+                precision=precision,
+                profile=profile,
+                random_head=random_head,
+                num_labels=3,
+                chunking=chunking,
+            )
             cache[key] = (out, run(spec, log=lambda *_: None))
         return cache[key]
 
@@ -161,7 +181,7 @@ class Served:
         import subprocess
         import sys
 
-        from longdoc.server.launcher import free_ports, wait_ready
+        from longdoc.server.probe import free_ports, wait_ready
 
         self.repo = repo
         self.admin_key = "test-admin-key-" + os.urandom(6).hex()
@@ -171,11 +191,28 @@ class Served:
         self.log = log_dir / f"triton-{http}.log"
         env = {**os.environ, "LONGDOC_ADMIN_KEY": self.admin_key}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "longdoc.cli", "serve", "--model-repository", str(repo),
-             "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-             "--log", str(self.log), *extra],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "longdoc.cli",
+                "serve",
+                "--repository",
+                str(repo),
+                "--http-port",
+                str(http),
+                "--grpc-port",
+                str(grpc),
+                "--metrics-port",
+                str(metrics),
+                "--log",
+                str(self.log),
+                *extra,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         if not wait_ready(self.http_url, timeout=180, alive=lambda: self.process.poll() is None):
             self.stop()
             raise RuntimeError(f"server did not become ready:\n{self.output()}")
@@ -194,7 +231,7 @@ class Served:
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=60)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 self.process.kill()
 
 

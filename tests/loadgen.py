@@ -129,7 +129,7 @@ async def _worker(
             await client.aclassify(
                 [text for _, text in items], ids, concurrency=1, on_result=on_result
             )
-        except Exception as exc:  # noqa: BLE001 - e.g. ServerUnavailable from the metadata call
+        except Exception as exc:  # e.g. ServerUnavailable from the metadata call
             # whatever was not answered is reported failed, never dropped
             finished = time.monotonic() - t0
             reason = "not sent" if isinstance(exc, ServerUnavailable) else "lost"
@@ -327,12 +327,14 @@ def tree_memory(pid: int, names: tuple[str, ...] = SERVER_PROCESSES) -> list:
         except (psutil.Error, OSError):
             continue
         mib = {key: round(value, 1) for key, value in status.items()}
-        rows.append({
-            "process": cmd[-2] if stub else proc.name(),
-            "rss_mb": mib.get("VmRSS"),
-            "anon_mb": mib.get("RssAnon"),
-            "shmem_mb": mib.get("RssShmem"),
-        })  # fmt: skip
+        rows.append(
+            {
+                "process": cmd[-2] if stub else proc.name(),
+                "rss_mb": mib.get("VmRSS"),
+                "anon_mb": mib.get("RssAnon"),
+                "shmem_mb": mib.get("RssShmem"),
+            }
+        )
     return rows
 
 
@@ -360,7 +362,7 @@ class MemorySampler:
     def sample(self) -> float | None:
         try:
             mb = tree_rss_mb(self.pid_fn())
-        except Exception:  # noqa: BLE001 - server between lives: no sample
+        except Exception:  # server between lives: no sample
             return None
         self.samples.append((time.monotonic() - self._t0, mb))
         return mb

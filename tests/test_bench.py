@@ -56,28 +56,47 @@ def _raw(grpc_style: bool, scale: int) -> dict:
     return {
         "model_stats": [
             {
-                "name": "encoder", "version": "1",
-                "inference_count": num(40 * scale), "execution_count": num(4 * scale),
+                "name": "encoder",
+                "version": "1",
+                "inference_count": num(40 * scale),
+                "execution_count": num(4 * scale),
                 "inference_stats": {
-                    "success": cn(10 * scale, 10**9 * scale), "fail": cn(0, 0),
+                    "success": cn(10 * scale, 10**9 * scale),
+                    "fail": cn(0, 0),
                     "queue": cn(10 * scale, 2 * 10**8 * scale),
                     "compute_input": cn(10 * scale, 10**6 * scale),
                     "compute_infer": cn(10 * scale, 6 * 10**8 * scale),
                     "compute_output": cn(10 * scale, 10**6 * scale),
                 },
                 "batch_stats": [
-                    {"batch_size": num(8), "compute_input": cn(2 * scale, 10**5 * scale),
-                     "compute_infer": cn(2 * scale, 10**8 * scale),
-                     "compute_output": cn(2 * scale, 10**5 * scale)},
-                    {"batch_size": num(16), "compute_input": cn(scale, 10**5 * scale),
-                     "compute_infer": cn(scale, 2 * 10**8 * scale),
-                     "compute_output": cn(scale, 10**5 * scale)},
-                ] + ([{"batch_size": num(4), "compute_input": cn(1, 1),
-                       "compute_infer": cn(1, 10**7), "compute_output": cn(1, 1)}]
-                     if scale > 1 else []),
+                    {
+                        "batch_size": num(8),
+                        "compute_input": cn(2 * scale, 10**5 * scale),
+                        "compute_infer": cn(2 * scale, 10**8 * scale),
+                        "compute_output": cn(2 * scale, 10**5 * scale),
+                    },
+                    {
+                        "batch_size": num(16),
+                        "compute_input": cn(scale, 10**5 * scale),
+                        "compute_infer": cn(scale, 2 * 10**8 * scale),
+                        "compute_output": cn(scale, 10**5 * scale),
+                    },
+                ]
+                + (
+                    [
+                        {
+                            "batch_size": num(4),
+                            "compute_input": cn(1, 1),
+                            "compute_infer": cn(1, 10**7),
+                            "compute_output": cn(1, 1),
+                        }
+                    ]
+                    if scale > 1
+                    else []
+                ),
             }
         ]
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.parametrize("grpc_style", [False, True])
@@ -161,15 +180,48 @@ def test_bench_grpc_with_baselines(tiny_server, tmp_path, capsys):
 
     repo, served = tiny_server
     out = tmp_path / "run"
-    code = main([
-        "bench", "--url", served.grpc_url, "--protocol", "grpc", "--repository", str(repo),
-        "--docs", "6", "--seed", "1", "--concurrency", "1,2", "--rate", "4", *QUICK,
-        "--baselines", "--baseline-time-limit", "20", "--output", str(out), "--label", "ci",
-    ])  # fmt: skip
+    code = main(
+        [
+            "bench",
+            "--url",
+            served.grpc_url,
+            "--protocol",
+            "grpc",
+            "--repository",
+            str(repo),
+            "--docs",
+            "6",
+            "--seed",
+            "1",
+            "--concurrency",
+            "1,2",
+            "--rate",
+            "4",
+            *QUICK,
+            "--baselines",
+            "--baseline-time-limit",
+            "20",
+            "--output",
+            str(out),
+            "--label",
+            "ci",
+        ]
+    )
     assert code == 0, capsys.readouterr().err[-3000:]
     result = json.loads((out / "results.json").read_text())
-    for key in ("machine", "config", "server", "repository", "chunking", "corpus", "points",
-                "saturated", "baselines", "ratios", "agreement"):  # fmt: skip
+    for key in (
+        "machine",
+        "config",
+        "server",
+        "repository",
+        "chunking",
+        "corpus",
+        "points",
+        "saturated",
+        "baselines",
+        "ratios",
+        "agreement",
+    ):
         assert key in result, key
     assert result["machine"]["cores"] >= 1 and result["machine"]["loadavg_start"]
     corpus_ = result["corpus"]
@@ -210,8 +262,14 @@ def test_bench_grpc_with_baselines(tiny_server, tmp_path, capsys):
     assert result["agreement"]["served_vs_naive"]["docs"] > 0
 
     rows = list(csv.DictReader((out / "results.csv").open()))
-    assert [r["kind"] for r in rows] == ["closed", "closed", "open", "ort_batched",
-                                          "ort_single", "naive"]  # fmt: skip
+    assert [r["kind"] for r in rows] == [
+        "closed",
+        "closed",
+        "open",
+        "ort_batched",
+        "ort_single",
+        "naive",
+    ]
     assert float(rows[0]["lat_p99_ms"]) > 0 and float(rows[0]["encoder_avg_batch"]) >= 1
     assert (out / "latency_throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (out / "summary.md").read_text()
@@ -226,11 +284,26 @@ def test_bench_http(tiny_server, tmp_path, capsys):
 
     repo, served = tiny_server
     out = tmp_path / "http"
-    code = main([
-        "bench", "--url", served.http_url, "--protocol", "http", "--repository", str(repo),
-        "--docs", "4", "--concurrency", "2", "--passes", "2", "--output", str(out),
-        "--no-progress",
-    ])  # fmt: skip
+    code = main(
+        [
+            "bench",
+            "--url",
+            served.http_url,
+            "--protocol",
+            "http",
+            "--repository",
+            str(repo),
+            "--docs",
+            "4",
+            "--concurrency",
+            "2",
+            "--passes",
+            "2",
+            "--output",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr().err[-3000:]
     result = json.loads((out / "results.json").read_text())
     (point,) = result["points"]
@@ -244,10 +317,20 @@ def test_bench_http(tiny_server, tmp_path, capsys):
 
 def test_bench_reports_unreachable_server(capsys):
     from longdoc.cli import main
-    from longdoc.server.launcher import free_port
+    from longdoc.server.probe import free_port
 
-    code = main(["bench", "--url", f"127.0.0.1:{free_port()}", "--docs", "2",
-                 "--concurrency", "1", "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "bench",
+            "--url",
+            f"127.0.0.1:{free_port()}",
+            "--docs",
+            "2",
+            "--concurrency",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert code == 1
     assert "longdoc bench: error" in capsys.readouterr().err
 
@@ -259,12 +342,36 @@ def test_bench_mixed_workload(tiny_server, tmp_path, capsys):
 
     repo, served = tiny_server
     out = tmp_path / "mixed"
-    code = main([
-        "bench", "--url", served.grpc_url, "--repository", str(repo), "--docs", "2",
-        "--concurrency", "", "--mixed", "4", "--short-windows", "1-2", "--short-docs", "6",
-        "--long-windows", "70", "--long-inflight", "1", "--mixed-duration-s", "3",
-        "--warmup-s", "0.5", "--no-progress", "--output", str(out),
-    ])  # fmt: skip
+    code = main(
+        [
+            "bench",
+            "--url",
+            served.grpc_url,
+            "--repository",
+            str(repo),
+            "--docs",
+            "2",
+            "--concurrency",
+            "",
+            "--mixed",
+            "4",
+            "--short-windows",
+            "1-2",
+            "--short-docs",
+            "6",
+            "--long-windows",
+            "70",
+            "--long-inflight",
+            "1",
+            "--mixed-duration-s",
+            "3",
+            "--warmup-s",
+            "0.5",
+            "--no-progress",
+            "--output",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err[-3000:]
     result = json.loads((out / "results.json").read_text())
     assert result["points"] == [] and result["saturated"] is None

@@ -26,8 +26,14 @@ def test_window_flops_match_the_closed_form():
     assert ceiling.window_flops(BERT_LARGE, 512) / 1e9 == pytest.approx(335, abs=1)
     # attention's own products stay FP32 in the INT8 graph
     kinds = {s["name"]: s["quantized"] for s in ceiling.gemm_shapes(MINILM, 512)}
-    assert kinds == {"qkv": True, "attn_out": True, "ffn_in": True, "ffn_out": True,
-                     "scores": False, "context": False}  # fmt: skip
+    assert kinds == {
+        "qkv": True,
+        "attn_out": True,
+        "ffn_in": True,
+        "ffn_out": True,
+        "scores": False,
+        "context": False,
+    }
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
@@ -89,13 +95,15 @@ def test_ceiling_and_served_fraction():
     out = ceiling.ceiling_for(TINY, lengths, "fp32", threads=1, min_time_s=0.01, profile=False)
     assert out["windows"] == 4 and set(out["by_length"]) == {"128", "256"}
     expected = sum(
-        lengths[s] * TINY["layers"] * sum(g["flops"] / (g["gflops_per_s"] * 1e9)
-                                          for g in out["by_length"][str(s)]["gemms"])
+        lengths[s]
+        * TINY["layers"]
+        * sum(g["flops"] / (g["gflops_per_s"] * 1e9) for g in out["by_length"][str(s)]["gemms"])
         for s in lengths
-    )  # fmt: skip
+    )
     assert out["ceiling_seconds"] == pytest.approx(expected)
-    assert out["flops"] == pytest.approx(3 * ceiling.window_flops(TINY, 128)
-                                         + ceiling.window_flops(TINY, 256))  # fmt: skip
+    assert out["flops"] == pytest.approx(
+        3 * ceiling.window_flops(TINY, 128) + ceiling.window_flops(TINY, 256)
+    )
 
     class Doc:
         num_tokens, seq_len, num_chunks = 1000, 128, 2
@@ -111,7 +119,7 @@ def test_perf_samples_are_classified():
         ["     7f0000001000 (/nowhere/libonnxruntime.so)"] * 30
         + ["     7f0000009000 (/nowhere/libonnxruntime.so)"] * 10
         + ["     55550000 (/usr/bin/python3.11)"] * 10
-    )  # fmt: skip
+    )
     out = ceiling._classify_samples(script, {"/nowhere/libonnxruntime.so": 0x7F0000000000})
     assert out["samples"] == 50
     assert out["by_library"]["libonnxruntime.so"] == pytest.approx(0.8)
@@ -146,8 +154,11 @@ def _texts(tiny_repo, n):
 def test_architecture_and_ceiling_of_a_repository(tiny_repo):
     arch = ceiling.architecture(tiny_repo)
     assert {k: arch[k] for k in ("layers", "hidden", "ffn", "heads")} == {
-        "layers": 2, "hidden": 64, "ffn": 128, "heads": 4,
-    }  # fmt: skip
+        "layers": 2,
+        "hidden": 64,
+        "ffn": 128,
+        "heads": 4,
+    }
     assert ceiling._arch_from_graph(tiny_repo / "encoder" / "1" / "model.onnx", "")["layers"] == 2
     docs, _ = _texts(tiny_repo, 2)
     served = {"chunks_per_s": 5.0, "tokens_per_s": 2000.0}
@@ -172,11 +183,18 @@ def test_belt_reads_our_windows_and_agrees(tiny_repo):
     cfg = model.chunking
     body = cfg.body_length
     belt = BertClassifierWithPooling(
-        num_labels=model.num_labels, batch_size=1, learning_rate=0.0, epochs=0,
-        chunk_size=body, stride=body - cfg.overlap, minimal_chunk_length=cfg.overlap + 1,
+        num_labels=model.num_labels,
+        batch_size=1,
+        learning_rate=0.0,
+        epochs=0,
+        chunk_size=body,
+        stride=body - cfg.overlap,
+        minimal_chunk_length=cfg.overlap + 1,
         tokenizer=peers.hf_tokenizer(model.tokenizer_path, cfg.max_length),
-        neural_network=model.encoder, pretrained_model_name_or_path=None, device="cpu",
-    )  # fmt: skip
+        neural_network=model.encoder,
+        pretrained_model_name_or_path=None,
+        device="cpu",
+    )
     docs, texts = _texts(tiny_repo, 3)
     texts = [*texts, "word " * 890, "word " * 893]  # tails inside / past the last window
     pipeline = OnnxPipeline(tiny_repo)
@@ -190,8 +208,15 @@ def test_belt_reads_our_windows_and_agrees(tiny_repo):
 def test_peers_in_their_own_processes(tiny_repo):
     docs, texts = _texts(tiny_repo, 2)
     served = {1: 0, 0: 0}
-    out = peers.run_peers(tiny_repo, texts, docs, ("hf_pipeline", "naive"), time_limit_s=60,
-                          log=lambda m: None, served_labels=served)  # fmt: skip
+    out = peers.run_peers(
+        tiny_repo,
+        texts,
+        docs,
+        ("hf_pipeline", "naive"),
+        time_limit_s=60,
+        log=lambda m: None,
+        served_labels=served,
+    )
     for name in ("hf_pipeline", "naive"):
         p = out["peers"][name]
         assert "error" not in p, p.get("error")

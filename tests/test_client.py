@@ -43,8 +43,9 @@ def test_wire_headers():
     assert transport.wire_headers(headers, "http") == headers
     # gRPC: lower-case metadata keys, and Triton's name for the admin key
     assert transport.wire_headers(headers, "grpc") == {
-        contract.GRPC_ADMIN_HEADER: "k", "x-trace": "1",
-    }  # fmt: skip
+        contract.GRPC_ADMIN_HEADER: "k",
+        "x-trace": "1",
+    }
     assert transport.wire_headers(None, "grpc") == {}
 
 
@@ -52,22 +53,40 @@ def test_wire_headers():
     "exc, retry",
     [
         (InferenceServerException("Exceeds maximum queue size", "StatusCode.UNAVAILABLE"), True),
-        (InferenceServerException("failed to connect to all addresses", "StatusCode.UNAVAILABLE"),
-         True),
+        (
+            InferenceServerException(
+                "failed to connect to all addresses", "StatusCode.UNAVAILABLE"
+            ),
+            True,
+        ),
         (InferenceServerException("Service Unavailable", "503"), True),
         (InferenceServerException("Bad Gateway", "502"), True),
         (InferenceServerException("Gateway Timeout", "504"), True),
-        (InferenceServerException(
-            "Request for unknown model: 'document_classifier' has no available versions",
-            "StatusCode.NOT_FOUND"), True),
+        (
+            InferenceServerException(
+                "Request for unknown model: 'document_classifier' has no available versions",
+                "StatusCode.NOT_FOUND",
+            ),
+            True,
+        ),
         (InferenceServerException("Stub process 'encoder_0_0' is not healthy.", "500"), True),
-        (InferenceServerException(  # the encoder's refusal, as an ensemble reports it
-            "in ensemble 'document_classifier', Model encoder - Error when running inference: "
-            "[request id: <id_unknown>] Exceeds maximum queue size", "StatusCode.INTERNAL"),
-         True),
+        (
+            InferenceServerException(  # the encoder's refusal, as an ensemble reports it
+                "in ensemble 'document_classifier', Model encoder - Error when running inference: "
+                "[request id: <id_unknown>] Exceeds maximum queue size",
+                "StatusCode.INTERNAL",
+            ),
+            True,
+        ),
         (InferenceServerException("[request id: 1] Request timeout expired", "500"), True),
-        (InferenceServerException("in ensemble 'document_classifier', Model encoder - Error "
-                                  "when running inference: Server not ready", "500"), True),
+        (
+            InferenceServerException(
+                "in ensemble 'document_classifier', Model encoder - Error "
+                "when running inference: Server not ready",
+                "500",
+            ),
+            True,
+        ),
         (ConnectionRefusedError(111, "Connection refused"), True),
         # the client's own deadline, and every answer the server did give: never retried
         (InferenceServerException("Deadline Exceeded", "StatusCode.DEADLINE_EXCEEDED"), False),
@@ -80,7 +99,7 @@ def test_wire_headers():
         (InferenceServerException("internal error", "StatusCode.INTERNAL"), False),
         (OSError("some other I/O error"), False),
     ],
-)  # fmt: skip
+)
 def test_retry_rule(exc, retry):
     assert transport.is_retryable(exc) is retry
 
@@ -112,7 +131,7 @@ def test_error_text():
 def test_refused_connection_retried_within_one_deadline():
     """Nothing listens: connection refused is retried, but never past the deadline (with
     20 retries from 0.2 s the old per-attempt rule would take hours)."""
-    from longdoc.server.launcher import free_port
+    from longdoc.server.probe import free_port
 
     client = DocumentClassifierClient(
         f"127.0.0.1:{free_port()}", "grpc", timeout_s=1.5, retries=20, backoff_s=0.2
@@ -127,7 +146,7 @@ def test_retries_last_as_long_as_the_deadline_allows():
     """With no retry cap (the default), what the server did not run is retried until the
     document's deadline, not until a fixed count runs out (4 retries from 10 ms would give
     up after ~0.15 s: a restart or an overload burst on a slow machine lost documents)."""
-    from longdoc.server.launcher import free_port
+    from longdoc.server.probe import free_port
 
     client = DocumentClassifierClient(
         f"127.0.0.1:{free_port()}", "grpc", timeout_s=1.5, backoff_s=0.01, max_backoff_s=0.05
@@ -222,8 +241,17 @@ def test_classify_sends_headers(locked, tmp_path, capsys, protocol):
     _, served = locked
     doc = tmp_path / "doc.txt"
     doc.write_text(corpus.document(300, seed=1))
-    base = ["classify", str(doc), "--protocol", protocol, "--url", served.url(protocol),
-            "--retries", "0", "--no-progress"]  # fmt: skip
+    base = [
+        "classify",
+        str(doc),
+        "--protocol",
+        protocol,
+        "--url",
+        served.url(protocol),
+        "--retries",
+        "0",
+        "--no-progress",
+    ]
     assert main(base) == 3  # metadata is locked: without the key, nothing is sent
     assert "server unavailable" in capsys.readouterr().err
     code = main([*base, "--header", f"admin-key:{served.admin_key}", "--header", "x-extra:1"])
@@ -241,14 +269,26 @@ def test_lone_surrogate_fails_alone(locked, tmp_path, capsys):
 
     _, served = locked
     good = corpus.document(200, seed=2)
-    path = _jsonl(tmp_path / "docs.jsonl", [
-        {"id": "first", "text": good},
-        {"id": "surrogate", "text": "a text with a lone surrogate \ud800 in it"},
-        {"id": "odd-id-\udc00", "text": good[:500]},
-        {"id": "last", "text": good[::-1]},
-    ])  # fmt: skip
-    code = main(["classify", path, "--url", served.grpc_url, "--no-progress",
-                 "--header", f"admin-key:{served.admin_key}"])  # fmt: skip
+    path = _jsonl(
+        tmp_path / "docs.jsonl",
+        [
+            {"id": "first", "text": good},
+            {"id": "surrogate", "text": "a text with a lone surrogate \ud800 in it"},
+            {"id": "odd-id-\udc00", "text": good[:500]},
+            {"id": "last", "text": good[::-1]},
+        ],
+    )
+    code = main(
+        [
+            "classify",
+            path,
+            "--url",
+            served.grpc_url,
+            "--no-progress",
+            "--header",
+            f"admin-key:{served.admin_key}",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 1
     records = [json.loads(line) for line in out.splitlines()]
@@ -284,9 +324,13 @@ def test_deadline_not_retried_on_a_real_server(locked, protocol):
 
     async def once():
         client = DocumentClassifierClient(
-            served.url(protocol), protocol, headers=headers, timeout_s=deadline, retries=4,
+            served.url(protocol),
+            protocol,
+            headers=headers,
+            timeout_s=deadline,
+            retries=4,
             backoff_s=0.01,
-        )  # fmt: skip
+        )
         conn = client._connect()
         try:  # straight to the document: no metadata call inside the short deadline
             return await client._infer_one(conn, "slow", text.encode(), len(first.labels))

@@ -124,8 +124,20 @@ def client_venv(tmp_path_factory) -> Path:
         elif path.is_file():
             shutil.copy2(path, src / name)
     wheels = work / "wheels"
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-          "-w", str(wheels), str(src)])  # fmt: skip
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheels),
+            str(src),
+        ]
+    )
     (wheel,) = wheels.glob("longdoc-*.whl")
     venv = work / "venv"
     _run([sys.executable, "-m", "venv", str(venv)])
@@ -160,13 +172,28 @@ def test_client_extra_alone_classifies(client_venv, export_repo, serve, tmp_path
     served = serve(repo)
     docs = tmp_path / "docs.jsonl"
     texts = [corpus.document(n, seed=n) for n in (80, 900)]
-    docs.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n"
-                            for i, t in enumerate(texts)))  # fmt: skip
+    docs.write_text(
+        "".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts))
+    )
     longdoc = str(client_venv / "bin" / "longdoc")
     for protocol in ("grpc", "http"):
-        out = _run([longdoc, "classify", str(docs), "--protocol", protocol,
-                    "--url", served.url(protocol), "--no-progress", "--top-k", "1"],
-                   env=env, cwd=tmp_path, timeout=120)  # fmt: skip
+        out = _run(
+            [
+                longdoc,
+                "classify",
+                str(docs),
+                "--protocol",
+                protocol,
+                "--url",
+                served.url(protocol),
+                "--no-progress",
+                "--top-k",
+                "1",
+            ],
+            env=env,
+            cwd=tmp_path,
+            timeout=120,
+        )
         records = [json.loads(line) for line in out.stdout.splitlines()]
         assert [r["id"] for r in records] == ["d0", "d1"], out.stderr
         assert all(r["label"] and r["num_chunks"] >= 1 for r in records)

@@ -33,8 +33,11 @@ def deb(tmp_path_factory) -> Path:
         "Maintainer: tests <tests@example.invalid>\nDescription: fixture\n"
     )
     out = root.with_suffix(".deb")
-    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(root), str(out)],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["dpkg-deb", "--build", "--root-owner-group", str(root), str(out)],
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
@@ -72,8 +75,21 @@ def _original_path(doc_id: str) -> str:
 def test_cli_builds_the_corpus(deb, tmp_path):
     from longdoc.cli import main
 
-    assert main(["data", "kernel-docs", "--output", str(tmp_path / "c"), "--deb", str(deb),
-                 "--min-docs", "3"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "data",
+                "kernel-docs",
+                "--output",
+                str(tmp_path / "c"),
+                "--deb",
+                str(deb),
+                "--min-docs",
+                "3",
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
     assert manifest["documents"] == 12
 
@@ -160,8 +176,10 @@ def test_unknown_label_names_the_file(tmp_path):
 
 
 def test_clean_rst_removes_label_giveaways():
-    text = (".. SPDX-License-Identifier: GPL-2.0\n\n.. _anchor-name:\n\nSee "
-            ":doc:`/admin-guide/foo` and :ref:`the bar page <bar-target>` in "
-            "Documentation/admin-guide/foo.rst.\n.. include:: ../disclaimer.rst\n")  # fmt: skip
+    text = (
+        ".. SPDX-License-Identifier: GPL-2.0\n\n.. _anchor-name:\n\nSee "
+        ":doc:`/admin-guide/foo` and :ref:`the bar page <bar-target>` in "
+        "Documentation/admin-guide/foo.rst.\n.. include:: ../disclaimer.rst\n"
+    )
     cleaned = data.clean_rst(text)
     assert cleaned == "See  and the bar page in\n"  # the path took its full stop along

@@ -38,8 +38,13 @@ def test_macro_f1_ignores_classes_absent_from_the_data():
 
 
 def test_length_buckets_by_hand():
-    assert [metrics.length_bucket(n) for n in (1, 512, 513, 2048, 2049)] == \
-        ["up to 512", "up to 512", "513-2048", "513-2048", "over 2048"]  # fmt: skip
+    assert [metrics.length_bucket(n) for n in (1, 512, 513, 2048, 2049)] == [
+        "up to 512",
+        "up to 512",
+        "513-2048",
+        "513-2048",
+        "over 2048",
+    ]
     tokens = [100, 600, 3000, 5000, 512]
     out = metrics.by_length(Y_TRUE, Y_PRED, tokens, ["a", "b", "c"])
     assert out["up to 512"] == {"documents": 2, "accuracy": 0.5, "macro_f1": pytest.approx(1 / 3)}
@@ -72,27 +77,66 @@ def test_confusion_plot(tmp_path):
     assert (tmp_path / "m.png").stat().st_size > 1000
 
 
-def test_unknown_label_at_evaluation_names_the_file(tmp_path):
+def test_unknown_label_at_evaluation_names_the_file(tmp_path, capsys):
     """Evaluation refuses a label the model does not know, before computing anything."""
     from longdoc.evaluate import evaluate
     from longdoc.training import TrainConfig, train
 
     train_file = tmp_path / "train.jsonl"
-    rows = [("alpha words here", "x"), ("more alpha words", "x"), ("beta text", "y"),
-            ("beta again", "y")]  # fmt: skip
+    rows = [
+        ("alpha words here", "x"),
+        ("more alpha words", "x"),
+        ("beta text", "y"),
+        ("beta again", "y"),
+    ]
     train_file.write_text("\n".join(json.dumps({"text": t, "label": lab}) for t, lab in rows))
-    train(TrainConfig(train=train_file, output=tmp_path / "m", baseline="tfidf"),
-          log=lambda *_: None)  # fmt: skip
+    train(
+        TrainConfig(train=train_file, output=tmp_path / "m", baseline="tfidf"), log=lambda *_: None
+    )
     test_file = tmp_path / "test.jsonl"
-    test_file.write_text(json.dumps({"text": "x words", "label": "x"}) + "\n"
-                         + json.dumps({"text": "what", "label": "zebra"}) + "\n")  # fmt: skip
+    test_file.write_text(
+        json.dumps({"text": "x words", "label": "x"})
+        + "\n"
+        + json.dumps({"text": "what", "label": "zebra"})
+        + "\n"
+    )
     with pytest.raises(DataError, match="'zebra' is not one the model knows") as info:
         evaluate(test_file, checkpoint=tmp_path / "m", progress=False)
     assert f"{test_file}:2" in str(info.value)
     from longdoc.cli import main
 
-    assert main(["evaluate", "--checkpoint", str(tmp_path / "m"), "--data", str(test_file),
-                 "--output", str(tmp_path / "r.json")]) == 1  # fmt: skip
+    argv = ["evaluate", "--checkpoint", str(tmp_path / "m"), "--data", str(test_file)]
+    assert main([*argv, "--output", str(tmp_path / "r")]) == 2  # unusable input
+    assert "longdoc evaluate: error:" in capsys.readouterr().err
+
+
+def test_evaluate_writes_report_into_the_output_folder(tmp_path, capsys):
+    """`--output DIR` is a folder (report.json, report.png), as in every command; a TF-IDF
+    checkpoint goes through the same classifier interface as the others."""
+    from longdoc.classifiers import open_classifier
+    from longdoc.cli import main
+    from longdoc.results import Classifier
+    from longdoc.training import TrainConfig, train
+
+    data = tmp_path / "d.jsonl"
+    rows = [
+        ("alpha words here", "x"),
+        ("more alpha words", "x"),
+        ("beta text", "y"),
+        ("beta again", "y"),
+    ]
+    data.write_text("\n".join(json.dumps({"text": t, "label": lab}) for t, lab in rows))
+    train(TrainConfig(train=data, output=tmp_path / "m", baseline="tfidf"), log=lambda *_: None)
+    classifier = open_classifier(checkpoint=tmp_path / "m")
+    assert isinstance(classifier, Classifier) and classifier.labels == ["x", "y"]
+    (result,) = classifier.classify(["alpha words"])
+    assert result.num_chunks == 1 and classifier.labels[result.index] == "x"
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--checkpoint", str(tmp_path / "m"), "--data", str(data), "--no-progress"]
+    assert main([*argv, "--output", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["documents"] == 4 and (out / "report.png").is_file()
+    assert str(out / "report.json") in capsys.readouterr().out
 
 
 def test_evaluation_imports_nothing_from_training():

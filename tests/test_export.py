@@ -109,8 +109,10 @@ def test_head_file_roundtrip(tmp_path, minilm):
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "longdoc.cli", "export", *args],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_cli_missing_checkpoint(tmp_path):
@@ -142,9 +144,15 @@ def test_cli_bare_encoder_needs_head(tmp_path, minilm):
 def test_cli_export_end_to_end(tmp_path, classifier_checkpoint):
     out = tmp_path / "repo"
     result = run_cli(
-        "--checkpoint", str(classifier_checkpoint), "--head", "logits-mean",
-        "--precision", "fp32", "--output", str(out),
-    )  # fmt: skip
+        "--checkpoint",
+        str(classifier_checkpoint),
+        "--head",
+        "logits-mean",
+        "--precision",
+        "fp32",
+        "--output",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     assert "PASS" in result.stderr
     report = json.loads((out / "export_report.json").read_text())
@@ -159,10 +167,21 @@ def test_export_works_from_a_wheel_install(tmp_path):
 
     root = Path(__file__).resolve().parent.parent
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "-w", str(tmp_path / "dist"), str(root)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(root),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = (tmp_path / "dist").glob("longdoc-*.whl")
     site = tmp_path / "site"
     ZipFile(wheel).extractall(site)
@@ -177,13 +196,25 @@ def test_export_works_from_a_wheel_install(tmp_path):
     out = tmp_path / "repo"
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "HOME": str(tmp_path)}
     proc = subprocess.run(
-        [sys.executable, "-c",
-         "import sys, longdoc.export.repository as r; from longdoc.cli import main; "
-         "assert str(r.SOURCE_REPOSITORY).startswith(sys.argv[1]), r.SOURCE_REPOSITORY; "
-         "sys.exit(main(sys.argv[2:]))",
-         str(site), "export", "--preset", "tiny", "--skip-parity", "--output", str(out)],
-        cwd=tmp_path, env=env, capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys, longdoc.export.repository as r; from longdoc.cli import main; "
+            "assert str(r.SOURCE_REPOSITORY).startswith(sys.argv[1]), r.SOURCE_REPOSITORY; "
+            "sys.exit(main(sys.argv[2:]))",
+            str(site),
+            "export",
+            "--preset",
+            "tiny",
+            "--skip-parity",
+            "--output",
+            str(out),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("chunker", "encoder", "aggregator"):
         assert (out / name / "1" / "model.py").read_bytes() == (
@@ -195,9 +226,18 @@ def test_cli_max_batch_size_below_max_chunks_is_fine(tmp_path):
     """Documents reach the encoder in slices of at most its max_batch_size (the dispatcher),
     so a cap of 16 windows and batches of 8 go together."""
     result = run_cli(
-        "--preset", "tiny", "--max-chunks", "16", "--overflow", "head", "--max-batch-size", "8",
-        "--skip-parity", "--output", str(tmp_path / "o"),
-    )  # fmt: skip
+        "--preset",
+        "tiny",
+        "--max-chunks",
+        "16",
+        "--overflow",
+        "head",
+        "--max-batch-size",
+        "8",
+        "--skip-parity",
+        "--output",
+        str(tmp_path / "o"),
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "o" / "export_report.json").read_text())
     assert report["serving"]["max_batch_size"] == 8 and report["serving"]["slice_windows"] <= 8
@@ -246,8 +286,11 @@ def test_serving_stubs_never_import_torch_or_transformers(export_repo, tmp_path)
         )
         proc = subprocess.run(
             [sys.executable, "-c", STUB_PROBE, str(repo / name), name],
-            capture_output=True, text=True, timeout=120, cwd=tmp_path,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         probe = json.loads(proc.stdout.splitlines()[-1])
         assert probe["heavy"] == [], (name, probe["heavy"][:10])

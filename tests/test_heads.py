@@ -190,8 +190,11 @@ def test_heads_learn_a_subtle_signal_at_sentence_encoder_scale(head):
 
     def documents(count):
         y = torch.randint(0, labels, (count,), generator=g)
-        xs = [means[k] + 0.25 * torch.randn(int(torch.randint(1, 9, (1,), generator=g)), dim,
-                                             generator=g) for k in y]  # fmt: skip
+        xs = [
+            means[k]
+            + 0.25 * torch.randn(int(torch.randint(1, 9, (1,), generator=g)), dim, generator=g)
+            for k in y
+        ]
         return xs, y
 
     def pad(xs):

@@ -57,8 +57,9 @@ def long_docs(tokenizer) -> dict[int, str]:
 @pytest.fixture(scope="module")
 def short_docs(tokenizer) -> list[str]:
     count = lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids)  # noqa: E731
-    return [corpus.document(100 + 350 * (i % 4), seed=40 + i, count_tokens=count)
-            for i in range(24)]  # fmt: skip
+    return [
+        corpus.document(100 + 350 * (i % 4), seed=40 + i, count_tokens=count) for i in range(24)
+    ]
 
 
 # --------------------------------------------------------------------------- no server
@@ -144,8 +145,9 @@ def assert_same(got, exp, head: str) -> None:
     np.testing.assert_allclose(reduce(got.chunk_logits, axis=0), got.logits, atol=1e-5)
 
 
-def raw_infer(url: str, text: str, outputs=(contract.LOGITS, contract.NUM_CHUNKS,
-                                             contract.TOTAL_CHUNKS)):  # fmt: skip
+def raw_infer(
+    url: str, text: str, outputs=(contract.LOGITS, contract.NUM_CHUNKS, contract.TOTAL_CHUNKS)
+):
     """Plain tritonclient, no longdoc client: what a user writes."""
     import tritonclient.grpc as grpcclient
 
@@ -254,8 +256,12 @@ def test_150k_token_document_default_export_plain_tritonclient(
     try:
         model = load_checkpoint(classifier_checkpoint, num_labels=3)
         expected = reference(model, [text])[0]
-        outputs = (contract.LOGITS, contract.CHUNK_LOGITS, contract.NUM_CHUNKS,
-                   contract.TOTAL_CHUNKS)  # fmt: skip
+        outputs = (
+            contract.LOGITS,
+            contract.CHUNK_LOGITS,
+            contract.NUM_CHUNKS,
+            contract.TOTAL_CHUNKS,
+        )
         raw = raw_infer(served.grpc_url, text, outputs)
     finally:
         served.stop()
@@ -309,11 +315,18 @@ def test_million_token_document_bounded_memory(export_repo, serve, tokenizer, sh
         assert all(r.ok for r in later)
     finally:
         served.stop()
-    save_results("long_documents.json", "million_tokens", {
-        "tokens": count(text), "bytes": len(text.encode()), "windows": got.num_chunks,
-        "model": "tiny preset, transformer head, portable, fp32, default chunking",
-        "after_start": idle, "after_document": after,
-    })  # fmt: skip
+    save_results(
+        "long_documents.json",
+        "million_tokens",
+        {
+            "tokens": count(text),
+            "bytes": len(text.encode()),
+            "windows": got.num_chunks,
+            "model": "tiny preset, transformer head, portable, fp32, default chunking",
+            "after_start": idle,
+            "after_document": after,
+        },
+    )
     for name, mem in after.items():
         assert mem["peak_rss_mb"] < 2048, (name, mem)  # bounded (figures: RELIABILITY.md)
 

@@ -43,21 +43,48 @@ CONFIG_TO_ORT = {"TYPE_INT64": "tensor(int64)", "TYPE_FP32": "tensor(float)"}
 # Keys the onnxruntime backend accepts for its TensorRT accelerator (src/onnxruntime.cc of
 # triton-inference-server/onnxruntime_backend; anything else fails the model load).
 TRT_KEYS = {
-    "precision_mode", "max_workspace_size_bytes", "trt_max_partition_iterations",
-    "trt_min_subgraph_size", "int8_calibration_table_name",
-    "int8_use_native_calibration_table", "trt_dla_enable", "trt_dla_core",
-    "trt_engine_cache_enable", "trt_engine_cache_path", "trt_engine_cache_prefix",
-    "trt_dump_subgraphs", "trt_force_sequential_engine_build",
-    "trt_context_memory_sharing_enable", "trt_layer_norm_fp32_fallback",
-    "trt_timing_cache_enable", "trt_timing_cache_path", "trt_force_timing_cache",
-    "trt_detailed_build_log", "trt_build_heuristics_enable", "trt_sparsity_enable",
-    "trt_builder_optimization_level", "trt_auxiliary_streams", "trt_tactic_sources",
-    "trt_extra_plugin_lib_paths", "trt_profile_min_shapes", "trt_profile_max_shapes",
-    "trt_profile_opt_shapes", "trt_cuda_graph_enable", "trt_dump_ep_context_model",
-    "trt_ep_context_file_path", "trt_ep_context_embed_mode",
-}  # fmt: skip
-ORT_FUSED_OPS = {"Attention", "SkipLayerNormalization", "EmbedLayerNormalization", "BiasGelu",
-                 "FastGelu", "LayerNormalization_fused", "MultiHeadAttention"}  # fmt: skip
+    "precision_mode",
+    "max_workspace_size_bytes",
+    "trt_max_partition_iterations",
+    "trt_min_subgraph_size",
+    "int8_calibration_table_name",
+    "int8_use_native_calibration_table",
+    "trt_dla_enable",
+    "trt_dla_core",
+    "trt_engine_cache_enable",
+    "trt_engine_cache_path",
+    "trt_engine_cache_prefix",
+    "trt_dump_subgraphs",
+    "trt_force_sequential_engine_build",
+    "trt_context_memory_sharing_enable",
+    "trt_layer_norm_fp32_fallback",
+    "trt_timing_cache_enable",
+    "trt_timing_cache_path",
+    "trt_force_timing_cache",
+    "trt_detailed_build_log",
+    "trt_build_heuristics_enable",
+    "trt_sparsity_enable",
+    "trt_builder_optimization_level",
+    "trt_auxiliary_streams",
+    "trt_tactic_sources",
+    "trt_extra_plugin_lib_paths",
+    "trt_profile_min_shapes",
+    "trt_profile_max_shapes",
+    "trt_profile_opt_shapes",
+    "trt_cuda_graph_enable",
+    "trt_dump_ep_context_model",
+    "trt_ep_context_file_path",
+    "trt_ep_context_embed_mode",
+}
+ORT_FUSED_OPS = {
+    "Attention",
+    "SkipLayerNormalization",
+    "EmbedLayerNormalization",
+    "BiasGelu",
+    "FastGelu",
+    "LayerNormalization_fused",
+    "MultiHeadAttention",
+}
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +94,14 @@ def repos(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
     for key, (profile, precision, trt, cache, parity) in VARIANTS.items():
         path = tmp_path_factory.mktemp(key)
         spec = ExportSpec(
-            output=path, preset="tiny", precision=precision, profile=profile,
-            num_labels=NUM_LABELS, skip_parity=not parity,
+            output=path,
+            preset="tiny",
+            precision=precision,
+            profile=profile,
+            num_labels=NUM_LABELS,
+            skip_parity=not parity,
             serving=ServingOptions(profile=profile, tensorrt=trt, response_cache=cache),
-        )  # fmt: skip
+        )
         out[key] = (path, run(spec, log=lambda *_: None))
     return out
 
@@ -188,8 +219,11 @@ def test_ensemble_steps_connect_existing_tensors_with_matching_types(repos, vari
             dtype, dims = available[source]
             assert dtype == inputs[model_input].data_type, (step.model_name, model_input)
             assert compatible(dims, full_dims(model, inputs[model_input])), (
-                step.model_name, model_input, dims, full_dims(model, inputs[model_input]),
-            )  # fmt: skip
+                step.model_name,
+                model_input,
+                dims,
+                full_dims(model, inputs[model_input]),
+            )
         for model_output, target in step.output_map.items():
             assert model_output in outputs, f"{step.model_name} has no output {model_output}"
             assert target not in available, f"{target} produced twice"
@@ -217,10 +251,15 @@ def test_gpu_encoder_is_fp16_with_fp32_io_and_runs_on_the_cpu_provider(repos):
     assert onnx.TensorProto.FLOAT16 in dtypes
     weights = [i for i in model.graph.initializer if len(i.dims) == 2]
     assert all(w.data_type == onnx.TensorProto.FLOAT16 for w in weights)
-    io = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.input) + list(
-        model.graph.output)}  # fmt: skip
-    assert io == {"input_ids": onnx.TensorProto.INT64, "attention_mask": onnx.TensorProto.INT64,
-                  "chunk_vectors": onnx.TensorProto.FLOAT}  # fmt: skip
+    io = {
+        v.name: v.type.tensor_type.elem_type
+        for v in list(model.graph.input) + list(model.graph.output)
+    }
+    assert io == {
+        "input_ids": onnx.TensorProto.INT64,
+        "attention_mask": onnx.TensorProto.INT64,
+        "chunk_vectors": onnx.TensorProto.FLOAT,
+    }
     # the export's parity report (PyTorch FP32 vs this FP16 graph on the CPU provider)
     assert report["parity"]["passed"] and report["parity"]["precision"] == "fp16"
     # and against the FP32 graph of the same weights, on real text, bucket by bucket
@@ -370,7 +409,9 @@ def test_tensorrt_graph_is_plain_onnx(repos):
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     ids = np.full((2, 384), 1000, dtype=np.int64)
     assert session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0].shape == (
-        2, NUM_LABELS)  # fmt: skip
+        2,
+        NUM_LABELS,
+    )
 
 
 def test_gpu_profile_refuses_encoders_it_cannot_serve(repos, tmp_path):
@@ -381,8 +422,10 @@ def test_gpu_profile_refuses_encoders_it_cannot_serve(repos, tmp_path):
     # an INT8 (dynamically quantized) encoder: CPU kernels only
     int8 = tmp_path / "int8"
     (int8 / "encoder" / "1").mkdir(parents=True)
-    quantize_int8(repos["gpu-tensorrt"][0] / "encoder" / "1" / "model.onnx",
-                  int8 / "encoder" / "1" / "model.onnx")  # fmt: skip
+    quantize_int8(
+        repos["gpu-tensorrt"][0] / "encoder" / "1" / "model.onnx",
+        int8 / "encoder" / "1" / "model.onnx",
+    )
     with pytest.raises(ValueError, match="int8"):
         repository.write_configs(int8, ServingOptions(profile="gpu"), 3, labels, cfg)
     repository.write_configs(int8, ServingOptions(profile="cpu"), 3, labels, cfg)  # fine there
@@ -408,24 +451,36 @@ def test_gpu_profile_refuses_encoders_it_cannot_serve(repos, tmp_path):
 def test_gpu_check_script_cpu_smoke(tmp_path):
     out = tmp_path / "gpu-checks"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "gpu_checks" / "run_gpu_checks.py"), "--cpu-smoke",
-         "--out", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "gpu_checks" / "run_gpu_checks.py"),
+            "--cpu-smoke",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "results.json").read_text())
     sections = report["sections"]
     assert {k: v["status"] for k, v in sections.items()} == {
-        "parity": "pass", "throughput": "pass", "tokenizer": "pass", "gemm": "skipped",
+        "parity": "pass",
+        "throughput": "pass",
+        "tokenizer": "pass",
+        "gemm": "skipped",
         "training": "pass",
-    }  # fmt: skip
+    }
     assert sections["training"]["windows_per_s"] > 0
     assert sections["parity"]["variants"]["ort-cpu-fp16"]["passed"]
     assert "FLOAT16" in sections["parity"]["fp16_weights"]
     rows = sections["throughput"]["results"]
     assert set(rows) == {"ort-cpu-fp16", "torch-cpu-fp32-sdpa"}
-    assert all(set(r) == {"1", "2"} and all("chunks_per_s" in v for v in r.values())
-               for r in rows.values())  # fmt: skip
+    assert all(
+        set(r) == {"1", "2"} and all("chunks_per_s" in v for v in r.values()) for r in rows.values()
+    )
     assert sections["tokenizer"]["cpu_ms_per_chunk"] > 0
     for key in ("packages", "ort_providers", "nvidia_smi", "python"):
         assert key in report["environment"]

@@ -41,14 +41,9 @@ from loadgen import (
 from longdoc import corpus
 from longdoc.checkpoint import load_preset
 from longdoc.chunking import ChunkingConfig
+from longdoc.contract import ADMIN_HEADER, GRPC_ADMIN_HEADER
 from longdoc.reference import classify as reference
-from longdoc.server.launcher import (
-    ADMIN_HEADER,
-    GRPC_ADMIN_HEADER,
-    free_ports,
-    is_ready,
-    wait_ready,
-)
+from longdoc.server.probe import free_ports, is_ready, wait_ready
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -465,7 +460,7 @@ class FixedPortServe:
                 "-m",
                 "longdoc.cli",
                 "serve",
-                "--model-repository",
+                "--repository",
                 str(repo),
                 "--http-port",
                 str(http),

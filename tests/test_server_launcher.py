@@ -345,6 +345,9 @@ def test_lock_down_flags_cannot_be_passed_through() -> None:
         "--model-repository=/tmp",
         "--model-store=/tmp",
         "--repository-poll-secs=5",
+        # Triton's getopt_long takes unambiguous prefixes (test_hostile_neighbours.py)
+        "--model-control=explicit",
+        "--load-mod=*",
     ):
         with pytest.raises(ValueError, match="cannot be overridden"):
             check_triton_args([bad])
@@ -379,6 +382,7 @@ def test_every_serve_flag_reads_its_environment_variable(monkeypatch: pytest.Mon
         "LONGDOC_EXIT_TIMEOUT": "30",
         "LONGDOC_RESTART": "2",
         "LONGDOC_ALLOCATOR": "glibc",
+        "LONGDOC_HOST_SHM": "true",
         "LONGDOC_TRITON_ARG": "--log-verbose=1 '--log-format=ISO8601'",
     }
     for name, value in env.items():
@@ -391,7 +395,7 @@ def test_every_serve_flag_reads_its_environment_variable(monkeypatch: pytest.Mon
     assert args.admin_key_file == "/run/secrets/key" and args.require_admin_key is True
     assert args.restrict_api == ["statistics,model-config", "health"]
     assert (args.log, args.ready_timeout, args.exit_timeout) == ("-", 600.0, 30)
-    assert (args.restart, args.allocator) == (2, "glibc")
+    assert (args.restart, args.allocator, args.host_shm) == (2, "glibc", True)
     assert args.triton_arg == ["--log-verbose=1", "--log-format=ISO8601"]
     assert all(vars(args)[k] != defaults[k] for k in flags)
     # The command line wins, repeatable flags included (they replace the variable's list).

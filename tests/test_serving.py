@@ -256,15 +256,35 @@ def test_classify_cli(server_for, documents, tmp_path):
     jsonl = tmp_path / "docs.jsonl"
     jsonl.write_text(json.dumps({"id": "j1", "text": documents[0]}) + "\n")
     result = subprocess.run(
-        [sys.executable, "-m", "longdoc.cli", "classify", str(folder), str(jsonl), "-",
-         "--url", served.grpc_url, "--top-k", "2", "--explain"],
-        input=documents[0], capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "longdoc.cli",
+            "classify",
+            str(folder),
+            str(jsonl),
+            "-",
+            "--url",
+            served.grpc_url,
+            "--top-k",
+            "2",
+            "--explain",
+        ],
+        input=documents[0],
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ},
-    )  # fmt: skip
+    )
     assert result.returncode == 1  # empty.txt failed
     records = {r["id"]: r for r in map(json.loads, result.stdout.splitlines())}
-    assert set(records) == {str(folder / "a.txt"), str(folder / "nested" / "b.txt"),
-                            str(folder / "empty.txt"), "j1", "stdin"}  # fmt: skip
+    assert set(records) == {
+        str(folder / "a.txt"),
+        str(folder / "nested" / "b.txt"),
+        str(folder / "empty.txt"),
+        "j1",
+        "stdin",
+    }
     assert "empty" in records[str(folder / "empty.txt")]["error"]
     assert f"failed: {folder / 'empty.txt'}" in result.stderr
     good = records[str(folder / "nested" / "b.txt")]
@@ -276,7 +296,7 @@ def test_classify_cli(server_for, documents, tmp_path):
 def test_client_retries_then_reports_unavailable():
     from longdoc.client.classifier import ServerUnavailable
 
-    from longdoc.server.launcher import free_port
+    from longdoc.server.probe import free_port
 
     client = DocumentClassifierClient(f"127.0.0.1:{free_port()}", retries=2, backoff_s=0.05)
     with pytest.raises(ServerUnavailable):

@@ -139,7 +139,7 @@ def test_train_export_serve_evaluate(dataset, tmp_path, serve, head, frozen):
     assert max(p["num_chunks"] for p in reports["server"]["predictions"]) > 1
 
 
-def test_feature_cache_is_rebuilt_when_encoder_chunking_or_data_change(dataset, tmp_path):
+def test_feature_cache_is_rebuilt_when_encoder_chunking_or_documents_change(dataset, tmp_path):
     from longdoc.checkpoint import materialize_preset
 
     cache = tmp_path / "cache"
@@ -167,9 +167,19 @@ def test_feature_cache_is_rebuilt_when_encoder_chunking_or_data_change(dataset, 
     )
     edited = [data.Example(e.id, e.text + " edited", e.label, e.source) for e in examples]
     other_data = get(edited, enc_a, cfg)
+    assert len(computed) == 4  # edited documents are encoded again
+    keys = {first.key, other_encoder.key, other_chunking.key}
+    assert len(keys) == 3 and other_data.key == first.key  # documents are found by content
+    # the same documents under other ids and labels, in batches (as `evaluate` sends
+    # them), or a subsample: nothing is encoded again
+    renamed = [data.Example(str(i), e.text, "", "") for i, e in enumerate(examples)]
+    for start in range(0, len(renamed), 4):
+        part = get(renamed[start : start + 4], enc_a, cfg)
+        np.testing.assert_array_equal(
+            part.mean,
+            first.mean[first.offsets[start] : first.offsets[min(start + 4, len(examples))]],
+        )
     assert len(computed) == 4
-    keys = {first.key, other_encoder.key, other_chunking.key, other_data.key}
-    assert len(keys) == 4
     assert not np.allclose(other_encoder.mean, first.mean)
     # the encoder's weights, not its path, are the key: a changed file is a new entry
     weights = enc_a / "model.safetensors"

@@ -1,6 +1,6 @@
 """Per-length-bucket accuracy and McNemar between two ACCURACY.md rows, seed by seed.
 
-    .venv/bin/python bench_results/accuracy/bybucket.py runs/accuracy mean-pool truncation
+.venv/bin/python bench_results/accuracy/bybucket.py runs/accuracy mean-pool truncation
 """
 
 import json
@@ -17,9 +17,9 @@ def main() -> None:
     root, a, b = sys.argv[1:4]
     for seed in (0, 1, 2):
         try:
-            with open(f"{root}/{a}/seed{seed}/test.json") as fa:
+            with open(f"{root}/{a}/seed{seed}/test/report.json") as fa:
                 ra = json.load(fa)
-            with open(f"{root}/{b}/seed{seed}/test.json") as fb:
+            with open(f"{root}/{b}/seed{seed}/test/report.json") as fb:
                 rb = json.load(fb)
         except FileNotFoundError:
             continue

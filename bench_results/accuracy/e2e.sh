@@ -8,5 +8,5 @@ start=$(date +%s)
   --init-from runs/accuracy/mean-pool/seed0 --train-windows 2 --batch-size 8 --epochs 1 \
   --encoder-lr 3e-5 --lr 1e-3 --seed 0 --output $dir --no-progress > $dir.train.log 2>&1 || { echo FAIL; tail -5 $dir.train.log; exit 1; }
 echo "$(date +%T) trained e2e ($(( $(date +%s) - start )) s)"
-.venv/bin/longdoc evaluate --checkpoint $dir --data $D/test --output $dir/test.json --no-progress > $dir.eval.log 2>&1 || { echo FAIL eval; tail -5 $dir.eval.log; exit 1; }
+.venv/bin/longdoc evaluate --checkpoint $dir --data $D/test --output $dir/test --no-progress > $dir.eval.log 2>&1 || { echo FAIL eval; tail -5 $dir.eval.log; exit 1; }
 echo "$(date +%T) e2e: $(tail -1 $dir.eval.log) ($(( $(date +%s) - start )) s in all)"

@@ -7,7 +7,7 @@ R=${R:-/tmp/ce}
 OUT=bench_results/ceiling_peers
 B=.venv/bin
 serve() {  # repo -> starts a server on 18501 (HTTP) / 18502 (gRPC)
-  $B/longdoc serve --model-repository "$1" --http-port 18501 --grpc-port 18502 --metrics-port 0 \
+  $B/longdoc serve --repository "$1" --http-port 18501 --grpc-port 18502 --metrics-port 0 \
     > "$OUT/serve_$2.log" 2>&1 &
   SERVER=$!
   for _ in $(seq 300); do curl -fs 127.0.0.1:18501/v2/health/ready && return 0; sleep 1; done

@@ -82,7 +82,7 @@ def peers_tables() -> list[str]:
             f"tokens, {r['corpus']['chunks']} windows; load average {load_avg(r)})",
             "",
         ]
-        lines += peers_table(r["peers"]) + [""]  # fmt: skip
+        lines += peers_table(r["peers"]) + [""]
     return lines
 
 

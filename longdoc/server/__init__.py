@@ -4,5 +4,5 @@ By concern: `binary` finds the tritonserver (PATH, else nvidia-pytriton's, assem
 this Python); `lockdown` holds the rules (admin key, restricted APIs, fixed flags);
 `options` is `ServeOptions`; `command` builds the argv and the allocator environment;
 `probe` reaches a server (ports, readiness); `process` starts, supervises and stops it;
-`cli` is `longdoc serve`. `launcher` re-exports the public names in one import.
+`cli` is `longdoc serve`.
 """

@@ -57,8 +57,10 @@ Security: the server binds to --host (loopback by default), and the admin APIs
 "{ADMIN_HEADER}" or the gRPC metadata "{GRPC_ADMIN_HEADER}" (Triton adds the
 prefix on gRPC). The key is read from --admin-key-file or ${ADMIN_KEY_ENV} (not both): at
 least 16 visible ASCII characters. Without either, a random key is generated for the run
-(restarts keep it) and written to a 0600 file next to the log. Note that tritonserver
-takes the key on its command line, visible to local users through ps.
+(restarts keep it) and written to a new 0600 file next to the log. Triton takes the
+key on its command line only; once tritonserver has read it, it is wiped there, so ps
+and /proc show admin-key=****. The Python backend's shared memory (the documents) is on
+a private /dev/shm of the server's own, where the system allows it (--host-shm: not).
 
 Environment: the image sets the flags below as variables, e.g. LONGDOC_HOST=0.0.0.0 or
 LONGDOC_TRITON_ARG="--log-verbose=1 --log-format=ISO8601" (see the end of this help).
@@ -164,6 +166,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(apt-get install libjemalloc2)",
     )
     p.add_argument(
+        "--host-shm",
+        action="store_true",
+        help="run tritonserver on the host's /dev/shm instead of a private one (only for "
+        "clients of Triton's system shared-memory API: the Python backend's regions, which "
+        "hold the documents, are then mode 0644, readable by every local user)",
+    )
+    p.add_argument(
         "--triton-arg",
         action="append",
         default=[],
@@ -222,7 +231,12 @@ def run(args: argparse.Namespace) -> int:
     """Start, report, supervise (restarting up to --restart times); the exit status."""
     import signal
 
-    from longdoc.server.process import ServerStartError, start_server, supervise
+    from longdoc.server.process import (
+        ServerStartError,
+        start_server,
+        stop_lost_server,
+        supervise,
+    )
 
     try:
         options, key = options_from_args(args)
@@ -232,13 +246,26 @@ def run(args: argparse.Namespace) -> int:
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     handle = None
     restarts = 0
+    problem = None
+    if options.host not in ("127.0.0.1", "::1", "localhost"):
+        print(
+            f"longdoc serve: note: bound to {options.host}: Triton 2.51 inflates compressed "
+            "request bodies (HTTP Content-Encoding gzip/deflate, gRPC compression) with no "
+            "size limit; keep a proxy in front that refuses them (deploy/nginx/longdoc.conf, "
+            "RELIABILITY.md 'Hostile clients and neighbours')",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         while True:
-            handle = start_server(options)
+            note = f"restart {restarts} of {args.restart} after: {problem}" if restarts else None
+            handle = start_server(options, restart_note=note)
             _announce(handle)
             problem = supervise(handle)
             code = handle.returncode
-            if handle.is_alive():  # a stub died: the server is up but cannot answer
+            if handle.is_alive():  # a stub is lost: the server is up but cannot answer
+                stop_lost_server(handle)
+            else:  # it exited: its stubs and /dev/shm regions must not outlive it
                 handle.stop()
             report = handle.failure_report()
             if restarts >= args.restart:

@@ -70,9 +70,13 @@ def build_command(
     *,
     install_flags: Sequence[str] = (),
     help_text: str = "",
+    shm_prefix: str | None = None,
 ) -> list[str]:
     """The tritonserver argv for `options` (`help_text`: the binary's --help, to ask which
-    flags this build knows)."""
+    flags this build knows). `shm_prefix`: the name prefix of the Python backend's
+    /dev/shm regions, unique per server so that the supervisor can find and remove the
+    regions of a server that died (Triton names them `triton_python_backend_shm_region_*`
+    by default, the same for every server on the host)."""
     check_triton_args(options.triton_args)
     host = options.host
     cmd = [
@@ -98,5 +102,7 @@ def build_command(
         a.startswith("--grpc-infer-allocation-pool-size") for a in options.triton_args
     ):
         cmd.append(f"--grpc-infer-allocation-pool-size={GRPC_REQUEST_POOL}")
+    if shm_prefix and not any("shm-region-prefix-name" in a for a in options.triton_args):
+        cmd.append(f"--backend-config=python,shm-region-prefix-name={shm_prefix}")
     cmd += [*install_flags, *options.triton_args]
     return cmd

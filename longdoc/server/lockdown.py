@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -140,10 +141,29 @@ def admin_key_for_run(
 
 
 def _write_secret(path: Path, text: str) -> None:
-    """Write `text` to a file only its owner can read (mode 0600, even if it existed)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Write `text` to a new file only its owner can read (mode 0600).
+
+    The log folder may be shared (/tmp, a team's log directory): another user could put a
+    symlink or a file of theirs at this name beforehand, to have the key written where they
+    can read it. So the file is created exclusively and without following links
+    (O_CREAT | O_EXCL | O_NOFOLLOW). A leftover of our own from a run that was killed (a
+    regular file we own, one link) is removed first; anything else is refused.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     try:
-        os.fchmod(fd, 0o600)
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+            raise ValueError(
+                f"{path} exists and is not a leftover key file of ours (a link, another "
+                "user's file, or not a regular file): refusing to write the admin key there; "
+                "remove it or choose another --log folder"
+            ) from None
+        path.unlink()
+        fd = os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
         os.write(fd, (text + "\n").encode())
     finally:
         os.close(fd)
@@ -173,13 +193,34 @@ def probe_headers(apis: Sequence[str], key: str) -> dict[str, str]:
     return {ADMIN_HEADER: key} if "health" in apis else {}
 
 
+def locked_flag(arg: str) -> str | None:
+    """The lock-down flag that `arg` would set, or None.
+
+    Triton parses its flags with getopt_long, which takes any unambiguous prefix of a long
+    option (`--model-control=explicit`, `--load-mod=*`) and a single dash too
+    (`-model-control-mode`, getopt_long_only style), so a prefix of a fixed flag is refused
+    as well: a real flag that happens to be one is ambiguous for Triton anyway.
+    """
+    name = arg.split("=", 1)[0]
+    if not name.startswith("-") or name in ("-", "--"):
+        return None
+    bare = name.lstrip("-")
+    for flag in FIXED_TRITON_FLAGS:
+        if flag.lstrip("-").startswith(bare):
+            return flag
+    return None
+
+
 def check_triton_args(args: Iterable[str]) -> None:
-    """ValueError for a tritonserver flag that would undo the lock-down."""
+    """ValueError for a tritonserver flag (or an abbreviation of one) that would undo the
+    lock-down."""
     for arg in args:
-        name = arg.split("=", 1)[0]
-        if name in FIXED_TRITON_FLAGS:
+        flag = locked_flag(arg)
+        if flag is not None:
+            name = arg.split("=", 1)[0]
+            what = name if name == flag else f"{name} (an abbreviation of {flag})"
             raise ValueError(
-                f"tritonserver flag {name} is fixed by longdoc serve and cannot be overridden"
+                f"tritonserver flag {what} is fixed by longdoc serve and cannot be overridden"
             )
 
 

@@ -30,8 +30,11 @@ class ServeOptions:
     used by models whose config enables `response_cache`. `allocator`: "auto" runs
     tritonserver and its stubs on jemalloc when installed, else on glibc's malloc.
     `exit_timeout` bounds how long a stop waits for in-flight requests and open
-    connections (`--exit-timeout-secs`). `triton_args`: more tritonserver flags (none of
-    the lock-down's). `tritonserver`: the binary (default: `binary.find_tritonserver()`).
+    connections (`--exit-timeout-secs`). `host_shm`: run tritonserver on the host's
+    /dev/shm instead of a private one (`process._enter_private_shm`): needed only by
+    clients of Triton's system shared-memory extension. `triton_args`: more tritonserver
+    flags (none of the lock-down's). `tritonserver`: the binary (default:
+    `binary.find_tritonserver()`).
     """
 
     model_repository: str | os.PathLike[str]
@@ -47,6 +50,7 @@ class ServeOptions:
     triton_args: Sequence[str] = ()
     ready_timeout: float = 120.0
     exit_timeout: int = 20
+    host_shm: bool = False
     tritonserver: str | os.PathLike[str] | None = None
 
     def check(self) -> None:

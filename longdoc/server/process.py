@@ -10,9 +10,11 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +34,17 @@ from longdoc.server.options import ServeOptions
 from longdoc.server.probe import connect_host, wait_ready
 
 LOG_TAIL_LINES = 40
+# A stub that stays stopped (SIGSTOP, state T) this long is treated as dead: Triton's health
+# check declares it "not healthy" after ~3 s and fails every request routed to it, the stub
+# exits when it is continued, and Triton neither restarts it nor can unload its model.
+STOPPED_STUB_GRACE_S = 2.0
+# Triton's own word that a stub is gone (its log); the supervisor restarts at once on it.
+UNHEALTHY_STUB = re.compile(r"Stub process '?([\w.-]+)'? is not healthy")
+# How long a server with a dead stub may drain before it is killed: tritonserver would
+# otherwise wait its whole --exit-timeout for the model it cannot unload (20 s by default),
+# and every request of the dead model fails anyway. Clients retry what was not run.
+DEAD_STUB_DRAIN_S = 2.0
+SHM_DIR = Path("/dev/shm")
 
 
 class ServerStartError(RuntimeError):
@@ -99,6 +112,10 @@ class ServerHandle:
     exit_timeout: float = 20.0  # what tritonserver was told (--exit-timeout-secs)
     allocator: str = "glibc"  # malloc of tritonserver and its stubs (see apply_allocator)
     restricted: tuple[str, ...] = ADMIN_APIS  # the APIs that need the key
+    shm_prefix: str | None = None  # name prefix of the Python backend's /dev/shm regions
+    private_shm: bool = False  # tritonserver runs on its own /dev/shm (mount namespace)
+    key_hidden: bool = False  # the key was wiped from /proc/<pid>/cmdline (`hide_argument`)
+    stub_pids: set[int] = field(default_factory=set, repr=False)  # every stub seen
 
     @property
     def pid(self) -> int:
@@ -151,7 +168,9 @@ class ServerHandle:
         return failure_report(self.log_path)
 
     def stop(self, timeout: float | None = None) -> int:
-        """SIGTERM, then SIGKILL after `timeout` s (default: Triton's own drain limit + 10).
+        """SIGTERM, then SIGKILL after `timeout` s (default: Triton's own drain limit + 10);
+        then nothing of this server is left: no stub (`kill_leftover_stubs`), no /dev/shm
+        region (`remove_shm_regions`).
 
         On SIGTERM Triton stops accepting work, waits up to `exit_timeout` seconds for
         in-flight requests *and for idle keep-alive HTTP connections to close*, unloads
@@ -167,9 +186,67 @@ class ServerHandle:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self.kill_leftover_stubs()
+        self.remove_shm_regions()
         if self.owns_key:  # a per-server key is useless once the server is gone
             self.key.discard()
         return self.process.returncode
+
+    def kill_leftover_stubs(self) -> list[int]:
+        """SIGKILL every Python-backend stub of this server that outlived it; their pids.
+
+        A stub whose tritonserver was killed is re-parented to PID 1 and keeps running (one
+        was seen holding 202 MB and ignoring SIGTERM). The stubs are in tritonserver's
+        process group (it is a session leader, `start_new_session`), so the group finds
+        them; the pids seen while supervising are checked too, in case one left the group.
+        Only processes named like a stub are touched, so a reused pid is never killed.
+        """
+        import psutil
+
+        killed = []
+        candidates = set(self.stub_pids)
+        for proc in psutil.process_iter(["name"]):
+            try:
+                if (proc.info["name"] or "").startswith("triton_python") and os.getpgid(
+                    proc.pid
+                ) == self.pid:
+                    candidates.add(proc.pid)
+            except (psutil.Error, OSError):
+                continue
+        for pid in sorted(candidates):
+            try:
+                proc = psutil.Process(pid)
+                if not proc.name().startswith("triton_python"):
+                    continue
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                if proc.ppid() not in (self.pid, 1) and os.getpgid(pid) != self.pid:
+                    continue  # another server's stub that happens to reuse the pid
+                proc.kill()
+                killed.append(pid)
+            except (psutil.Error, OSError):
+                continue
+        if killed:
+            psutil.wait_procs([psutil.Process(p) for p in killed if psutil.pid_exists(p)], 5)
+        return killed
+
+    def remove_shm_regions(self) -> list[str]:
+        """Remove this server's Python-backend regions from the host's /dev/shm; their names.
+
+        A stub or a server that is killed leaves its regions behind (hundreds of MB after a
+        large request). On a private /dev/shm (`private_shm`) they went with the mount
+        namespace; on the host's, the unique `shm_prefix` names ours.
+        """
+        if self.private_shm or not self.shm_prefix or not SHM_DIR.is_dir():
+            return []
+        removed = []
+        for region in SHM_DIR.glob(self.shm_prefix + "*"):
+            try:
+                region.unlink()
+                removed.append(region.name)
+            except OSError:
+                continue
+        return removed
 
     def __enter__(self) -> ServerHandle:
         return self
@@ -192,8 +269,106 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         pass
 
 
-def start_server(options: ServeOptions) -> ServerHandle:
+_CLONE_NEWNS, _CLONE_NEWUSER = 0x00020000, 0x10000000
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REC, _MS_PRIVATE = 2, 4, 8, 0x4000, 1 << 18
+
+
+def _enter_private_shm() -> None:  # pragma: no cover - runs in the child before exec
+    """Give tritonserver (and the stubs it forks) a /dev/shm of their own, mode 0700.
+
+    The Python backend creates its regions 0644 whatever the umask (it sets the mode
+    itself), and they hold every request's tensors: on the host's /dev/shm any local user
+    can read other people's documents. A new mount namespace with a fresh tmpfs on /dev/shm
+    hides them: other users cannot reach it (only through /proc/<pid>/root, which needs
+    ptrace rights over the server), and it disappears, regions and all, with the last
+    process of the server. Unprivileged users get the mount namespace through a user
+    namespace that maps only their own uid and gid (nothing else changes for the server).
+    Best effort: where namespaces are not allowed (e.g. a container under the default
+    seccomp profile, where /dev/shm is the pod's own anyway) the server runs on the
+    host's /dev/shm, and `start_server` reports which it got.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        uid, gid = os.getuid(), os.getgid()
+        if uid == 0:
+            if libc.unshare(_CLONE_NEWNS) != 0:
+                return
+        else:
+            if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS) != 0:
+                return
+            maps = {"setgroups": "deny", "uid_map": f"{uid} {uid} 1", "gid_map": f"{gid} {gid} 1"}
+            for name, text in maps.items():  # setgroups first: gid_map needs it
+                with open(f"/proc/self/{name}", "w") as f:
+                    f.write(text)
+        if libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
+            return
+        libc.mount(
+            b"tmpfs", b"/dev/shm", b"tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, b"mode=0700"
+        )
+    except OSError:
+        return
+
+
+def _child_setup(private_shm: bool):
+    """The function the child runs before exec: parent-death signal, private /dev/shm."""
+
+    def setup() -> None:  # pragma: no cover - runs in the child before exec
+        _die_with_parent()
+        if private_shm:
+            _enter_private_shm()
+
+    return setup
+
+
+def has_private_shm(pid: int) -> bool:
+    """Whether process `pid` sees another /dev/shm than this process (a private tmpfs)."""
+    try:
+        return os.stat(f"/proc/{pid}/root/dev/shm").st_dev != os.stat("/dev/shm").st_dev
+    except OSError:
+        return False
+
+
+def hide_argument(pid: int, secret: str) -> bool:
+    """Overwrite `secret` with `*` in the command line of process `pid` (ours, same user).
+
+    Triton 2.51 takes the admin key only on its command line (`--http-restricted-api`,
+    no file or environment variable), and /proc/<pid>/cmdline is readable by every local
+    user. Once tritonserver has parsed its flags (into strings of its own) the argv area is
+    never read again, so its parent, which may write the child's memory through
+    /proc/<pid>/mem (same uid, ptrace rules), wipes the key there: ps and /proc show
+    `admin-key=****`. True when the command line no longer holds the key.
+    """
+    needle = secret.encode()
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49)
+        with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
+            mem.seek(start)
+            args = mem.read(end - start)
+            if needle in args:
+                mem.seek(start)
+                mem.write(args.replace(needle, b"*" * len(needle)))
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return needle not in f.read()
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def _flags_parsed(pid: int) -> bool:
+    """Whether tritonserver is past parsing its flags: it has started loading a backend."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return "libtriton_" in f.read()
+    except OSError:
+        return False
+
+
+def start_server(options: ServeOptions, *, restart_note: str | None = None) -> ServerHandle:
     """Run tritonserver as `options` say and return once `/v2/health/ready` is 200.
+
+    `restart_note`: this start replaces a server that died; its log is kept, and this
+    server's log is appended after a separator line saying why.
 
     All models in the repository are loaded at startup (`--model-control-mode none`), so
     "ready" means every model answered. On a crash during startup, or no readiness
@@ -217,14 +392,21 @@ def start_server(options: ServeOptions) -> ServerHandle:
     else:
         key, owns_key = given_key(options.admin_key), False
 
+    shm_prefix = f"longdoc_{os.getpid()}_{secrets.token_hex(4)}_"
     cmd = build_command(
         binary,
         options,
         key.value,
         install_flags=install_flags,
         help_text=help_text(str(binary), env.get("LD_LIBRARY_PATH", "")),
+        shm_prefix=shm_prefix,
     )
-    log = open(log_file, "wb") if log_file else None
+    # A restart appends, after a separator: the log of the server that died is the evidence.
+    log = open(log_file, "ab" if restart_note else "wb") if log_file else None
+    if log and restart_note:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        log.write(f"\n===== longdoc serve, {stamp}: {restart_note} =====\n\n".encode())
+        log.flush()
     try:
         process = subprocess.Popen(
             cmd,
@@ -235,7 +417,9 @@ def start_server(options: ServeOptions) -> ServerHandle:
             # Own process group: Ctrl-C in a terminal reaches the supervisor, which then
             # stops the server in order, instead of both racing to shut down.
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=(
+                _child_setup(not options.host_shm) if sys.platform.startswith("linux") else None
+            ),
         )
     except BaseException:
         if owns_key:
@@ -257,14 +441,24 @@ def start_server(options: ServeOptions) -> ServerHandle:
         exit_timeout=float(options.exit_timeout),
         allocator=allocator,
         restricted=restricted,
+        shm_prefix=shm_prefix,
+        private_shm=has_private_shm(process.pid),
     )
+
+    def alive() -> bool:  # polled while models load: hide the key as soon as flags are read
+        if not handle.key_hidden and _flags_parsed(process.pid):
+            handle.key_hidden = hide_argument(process.pid, key.value)
+        return handle.is_alive()
+
     try:
         ready = wait_ready(
             handle.http_url,
             options.ready_timeout,
-            alive=handle.is_alive,
+            alive=alive,
             headers=handle.probe_headers,
         )
+        if ready and not handle.key_hidden:
+            handle.key_hidden = hide_argument(process.pid, key.value)
     except BaseException:  # Ctrl-C / SIGTERM while waiting: leave nothing behind
         handle.stop(timeout=0)
         raise
@@ -320,9 +514,59 @@ def dead_stubs(stubs: dict[int, str]) -> list[str]:
     return dead
 
 
+def stopped_stubs(stubs: dict[int, str]) -> dict[str, int]:
+    """{instance name: pid} of the stubs in ``stubs`` that are stopped (SIGSTOP, state T;
+    not a debugger's tracing stop)."""
+    import psutil
+
+    stopped = {}
+    for pid, name in stubs.items():
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_STOPPED:
+                stopped[name] = pid
+        except psutil.Error:
+            continue
+    return stopped
+
+
+class _LogWatch:
+    """New lines of tritonserver's log since the last look (None: it logs to stdout)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        try:
+            self.offset = path.stat().st_size if path else 0
+        except OSError:
+            self.offset = 0
+
+    def unhealthy(self) -> str | None:
+        """The first 'Stub process ... is not healthy' line logged since the last call."""
+        if self.path is None:
+            return None
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read(4 * 1024 * 1024)
+        except OSError:
+            return None
+        self.offset += data.rfind(b"\n") + 1 if b"\n" in data else 0
+        match = UNHEALTHY_STUB.search(data.decode("utf-8", "replace"))
+        return match.group(0) if match else None
+
+
 def supervise(handle: ServerHandle, interval: float = 0.5) -> str:
-    """Block until the server exits or one of its backend stubs dies; say which."""
+    """Block until the server exits or one of its backend stubs is lost; say which.
+
+    A stub is lost when it is gone or a zombie (killed, crashed), stopped for
+    `STOPPED_STUB_GRACE_S` (SIGSTOP: Triton declares it unhealthy and it exits when
+    continued), or when Triton logs that a stub "is not healthy". Triton 2.51 recovers from
+    none of these by itself (server#8604): every request routed to that instance fails
+    until tritonserver is restarted, so the caller stops it at once (`stop_lost_server`).
+    """
     stubs = backend_stubs(handle.pid)
+    handle.stub_pids.update(stubs)
+    log = _LogWatch(handle.log_path)
+    stopped_since: dict[str, float] = {}
     while True:
         try:
             code = handle.wait(timeout=interval)
@@ -339,3 +583,23 @@ def supervise(handle: ServerHandle, interval: float = 0.5) -> str:
                 f"Python backend stub {', '.join(sorted(dead))} died; Triton does not restart "
                 "it and its model cannot answer any more"
             )
+        now = time.monotonic()
+        stopped = stopped_stubs(stubs)
+        stopped_since = {name: stopped_since.get(name, now) for name in stopped}
+        grace_over = [n for n, t in stopped_since.items() if now - t >= STOPPED_STUB_GRACE_S]
+        long_stopped = sorted(grace_over)
+        if long_stopped:
+            return (
+                f"Python backend stub {', '.join(long_stopped)} stopped (SIGSTOP) for "
+                f"{STOPPED_STUB_GRACE_S:g} s; Triton declares it unhealthy and cannot recover it"
+            )
+        line = log.unhealthy()
+        if line:
+            return f"tritonserver reports: {line}; Triton does not recover a stub"
+
+
+def stop_lost_server(handle: ServerHandle, drain: float = DEAD_STUB_DRAIN_S) -> int:
+    """Stop a server whose stub is lost, fast: `drain` seconds for what is in flight, then
+    SIGKILL (and its stubs with it), instead of Triton waiting `exit_timeout` for a
+    model it cannot unload. Its exit code."""
+    return handle.stop(timeout=min(drain, handle.exit_timeout))

@@ -18,11 +18,17 @@ The output directory is a checkpoint in exactly the formats ``longdoc export`` r
 ``head.json``. Next to it: ``training.json`` (configuration, per-epoch log, timings, data
 checksums, machine) and ``training.png`` (:mod:`.plots`).
 
+Optimisation flags left unset take the defaults of the run's regime
+(``config.regime_defaults``: a head on cached vectors gets a budget that converges, end to
+end the fine-tuning schedule); without validation data a stratified slice of the training
+data is held out (``common.holdout_split``); ``training.json`` records both choices.
+
 ``baseline="tfidf"`` trains the non-neural whole-text baseline instead (:mod:`.tfidf`).
-The command line is :mod:`.cli` (``longdoc train``).
+The command line is :mod:`.cli` (``longdoc train``); :mod:`.sweep` (``longdoc sweep``)
+trains a grid of chunkings and heads and keeps the best.
 
 Modules, in import order: ``config`` <- ``fit``, ``common`` <- ``frozen``, ``end_to_end``,
-``tfidf``, ``plots`` <- ``trainer`` <- ``cli``.
+``tfidf``, ``plots`` <- ``trainer`` <- ``cli`` <- ``sweep_report``, ``sweep``.
 """
 
 from longdoc.training.config import TrainConfig

@@ -10,7 +10,6 @@ batch still succeed.
 """
 
 import ctypes
-import json
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,6 @@ class TritonPythonModel:
         here = Path(args["model_repository"]) / args["model_version"]
         self.tokenizer = load_tokenizer(here / TOKENIZER_FILE)
         self.cfg = ChunkingConfig.load(here / CHUNKING_FILE)
-        self.model_name = json.loads(args["model_config"])["name"]
 
     def _one(self, request):
         text = pb_utils.get_input_tensor_by_name(request, CHUNKER_INPUT).as_numpy()
