@@ -125,6 +125,24 @@ def build_head(
     return make_aggregator(head, hidden_size, len(labels), **options)
 
 
+def weights_as_data(model_class, path: Path, **kwargs):
+    """``model_class.from_pretrained(path)``, with weights read as data only: transformers
+    loads ``pytorch_model.bin`` with ``torch.load(weights_only=True)``, which refuses a
+    pickle that would run code; that refusal (or any unreadable weights file) becomes a
+    clear ``ValueError`` naming the file instead of a traceback."""
+    import pickle
+
+    try:
+        return model_class.from_pretrained(path, **kwargs)
+    except (OSError, pickle.UnpicklingError, RuntimeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(
+            f"{path}: its weights cannot be read as plain tensors ({reason}); a checkpoint is "
+            f"data, never code: give {WEIGHTS_FILE} (safetensors) or a pytorch_model.bin "
+            "holding tensors only"
+        ) from None
+
+
 def load_checkpoint(
     path: str | Path,
     head: str | None = None,
@@ -168,7 +186,7 @@ def load_checkpoint(
                 f"head {head} needs a fine-tuned BertForSequenceClassification; {path} holds "
                 f"{config.architectures}"
             )
-        bert = BertForSequenceClassification.from_pretrained(path, attn_implementation="eager")
+        bert = weights_as_data(BertForSequenceClassification, path, attn_implementation="eager")
         labels = _labels_from_config(bert.config)
         model = LoadedModel(
             head,
@@ -183,7 +201,7 @@ def load_checkpoint(
         )
         return _eval(model)
 
-    bert = BertModel.from_pretrained(path, attn_implementation="eager", add_pooling_layer=False)
+    bert = weights_as_data(BertModel, path, attn_implementation="eager", add_pooling_layer=False)
     if spec and not random_head:
         if spec["head"] != head:
             raise ValueError(f"{head_json} describes head {spec['head']!r}, not {head!r}")

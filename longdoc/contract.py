@@ -34,7 +34,8 @@ HEAD_JSON = "head.json"
 HEAD_WEIGHTS = "head.safetensors"
 TRAINING_JSON = "training.json"
 TRAINING_PNG = "training.png"
-TFIDF_FILE = "tfidf.pkl"
+# arrays only (numpy .npz read with allow_pickle=False): a checkpoint is data, never code
+TFIDF_FILE = "tfidf.npz"
 
 # --- ensemble I/O (what a client sends and gets) ------------------------------------
 TEXT = "TEXT"

@@ -170,3 +170,42 @@ def test_accuracy_tables_by_hand(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| a | 1 | 0.833 | 0.500 | 0.500 (2) | 12 |" in out
     assert "McNemar 3 vs 1 discordant, p = 0.625" in out
+
+
+def test_tfidf_checkpoint_is_data_never_code(tmp_path):
+    """The TF-IDF baseline is saved as arrays (`tfidf.npz`, read with allow_pickle=False):
+    a file that would run code when unpickled is refused, and nothing runs."""
+    import pickle
+
+    import numpy as np
+    import pytest
+
+    from longdoc.classifiers import open_classifier
+    from longdoc.tfidf import TfidfClassifier
+    from longdoc.training import TrainConfig, train
+
+    data = tmp_path / "d.jsonl"
+    rows = [("alpha words here", "x"), ("more alpha words", "x"), ("beta text", "y")] * 2
+    data.write_text("\n".join(json.dumps({"text": t, "label": lab}) for t, lab in rows))
+    train(TrainConfig(train=data, output=tmp_path / "m", baseline="tfidf"), log=lambda *_: None)
+    saved = tmp_path / "m" / "tfidf.npz"
+    with np.load(saved, allow_pickle=False) as arrays:  # arrays only: loads without pickle
+        assert {"terms", "idf", "coef", "intercept", "labels"} <= set(arrays.files)
+    assert open_classifier(checkpoint=tmp_path / "m").classify(["beta"])[0].index == 1
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.write_text, ("code ran",))
+
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    # an object array in the archive needs pickle to load: refused, never executed
+    np.savez(evil / "tfidf.npz", format=np.array(1), labels=np.array([Payload()], dtype=object))
+    with pytest.raises(ValueError, match="not a TF-IDF baseline file"):
+        TfidfClassifier(evil)
+    (evil / "tfidf.npz").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(ValueError, match="not a TF-IDF baseline file"):
+        TfidfClassifier(evil)
+    assert not marker.exists()

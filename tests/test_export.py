@@ -4,6 +4,7 @@ the real all-MiniLM-L6-v2 weights; the CLI's errors for bad arguments."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -333,3 +334,38 @@ def test_serve_says_what_an_int8_encoder_runs_on_this_cpu(tmp_path, monkeypatch)
     (tmp_path / "encoder" / "1").mkdir(parents=True)
     (tmp_path / "encoder" / "1" / "model_fp32.onnx").write_bytes(b"")
     assert encoder_note(tmp_path).startswith("FP32 graph of this INT8 export")
+
+
+@pytest.mark.integration
+def test_a_pickle_that_runs_code_is_refused_with_a_clear_error(tmp_path, minilm):
+    """`pytorch_model.bin` is read with torch.load(weights_only=True): a pickle with code
+    is refused (nothing runs) and `longdoc export` says why, exit 2, no traceback."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    shutil.copy(minilm / "tokenizer.json", ckpt / "tokenizer.json")
+    config = json.loads((minilm / "config.json").read_text())
+    config |= {"architectures": ["BertForSequenceClassification"]}
+    config |= {"id2label": {"0": "a", "1": "b"}, "label2id": {"a": 0, "b": 1}}
+    (ckpt / "config.json").write_text(json.dumps(config))
+    torch.save({"weight": Payload()}, ckpt / "pytorch_model.bin")
+    out = subprocess.run(
+        [sys.executable, "-m", "longdoc.cli", "export", "--checkpoint", str(ckpt)]
+        + ["--output", str(tmp_path / "repo"), "--skip-parity"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "longdoc export: error:" in out.stderr and "never code" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not marker.exists()

@@ -13,9 +13,6 @@ from pathlib import Path
 from longdoc.chunking import ChunkingConfig
 from longdoc.contract import HEADS
 
-TRAINING_JSON = "training.json"
-TRAINING_PNG = "training.png"
-TFIDF_FILE = "tfidf.pkl"
 # "chunks": the serving windows; "head_tail": one window of the first 128 and last tokens
 # (Sun et al. 2019), a baseline only.
 WINDOW_MODES = ("chunks", "head_tail")

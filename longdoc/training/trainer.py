@@ -16,12 +16,11 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+from longdoc.contract import TRAINING_JSON, TRAINING_PNG
 from longdoc.data import check_known_labels, check_training_labels, data_hash, read_dataset
 from longdoc.training.common import Split, holdout_split
 from longdoc.training.config import (
     HOLDOUT_SEED,
-    TRAINING_JSON,
-    TRAINING_PNG,
     TrainConfig,
     derive_defaults,
     validate,
