@@ -269,6 +269,7 @@ def run_sweep(cfg: SweepConfig, log: Callable[[str], None] = print) -> dict:
             "seed": top["best_seed"],
             "path": str(cfg.output / WINNER),
             **asdict(winner),
+            **winner.chunking(),
         },
     }
     (cfg.output / "sweep.json").write_text(json.dumps(report, indent=2) + "\n")
