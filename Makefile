@@ -41,11 +41,13 @@ demo: $(STAMP) system-packages
 
 test: $(STAMP) system-packages
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q tests
 
 # The fast layer: unit tests without a server or a real export, under a minute.
 test-fast: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -m "not integration and not slow" --timeout 120 tests
 
 lint: $(STAMP)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import onnx
 
-from longdoc.contract import PRECISIONS  # noqa: E402
+from longdoc.contract import PRECISIONS
 
 # Ops kept in FP32 inside the FP16 graph. The masked mean over up to 512 token states and
 # the final division are sums of many terms: FP32 keeps them from losing precision.
@@ -33,9 +33,13 @@ def fuse(src: Path, dst: Path, num_heads: int, hidden_size: int, fp16: bool = Fa
 
     logging.getLogger("onnxruntime.transformers").setLevel(logging.WARNING)
     optimized = optimize_model(
-        str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
-        opt_level=1, use_gpu=fp16,
-    )  # fmt: skip
+        str(src),
+        model_type="bert",
+        num_heads=num_heads,
+        hidden_size=hidden_size,
+        opt_level=1,
+        use_gpu=fp16,
+    )
     if fp16:
         optimized.convert_float_to_float16(keep_io_types=True, op_block_list=FP16_OP_BLOCK_LIST)
     optimized.save_model_to_file(str(dst))
