@@ -79,7 +79,7 @@ def architecture(repository: str | Path) -> dict:
             p["num_attention_heads"],
             source,
         )
-    config = Path(source) / "config.json" if source else None
+    config = Path(source) / contract.CONFIG_FILE if source else None
     if config and config.is_file():
         c = json.loads(config.read_text())
         return _arch(

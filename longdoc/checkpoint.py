@@ -105,10 +105,18 @@ def _eval(model: LoadedModel) -> LoadedModel:
 
 
 def _resolve_tokenizer(checkpoint: Path | None, tokenizer_dir: Path | None) -> Path:
+    """The one rule for where a model's tokenizer is: an explicit ``--tokenizer`` folder,
+    else the checkpoint's own ``tokenizer.json``, else the default uncased WordPiece
+    vocabulary (what the presets and MiniLM use)."""
     for candidate in (tokenizer_dir, checkpoint, default_tokenizer_dir()):
         if candidate is not None and (Path(candidate) / TOKENIZER_FILE).is_file():
             return Path(candidate) / TOKENIZER_FILE
     raise FileNotFoundError("no tokenizer.json found (pass --tokenizer DIR)")
+
+
+def encoder_tokenizer_dir(encoder_dir: str | Path) -> Path:
+    """The folder whose ``tokenizer.json`` goes with an encoder (``_resolve_tokenizer``)."""
+    return _resolve_tokenizer(Path(encoder_dir), None).parent
 
 
 def random_head_options(head: str, max_chunks: int) -> dict:

@@ -41,6 +41,7 @@ from longdoc.chunking import (
     special_ids,
     window_ranges,
 )
+from longdoc.contract import CONFIG_FILE
 from longdoc.data import DataError, Example
 from longdoc.feature_engines import make_engine
 
@@ -70,7 +71,7 @@ def _hash_files(paths: list[Path]) -> str:
 def encoder_hash(encoder_dir: str | Path) -> str:
     """Hash of a Hugging Face BERT directory: config and weight files."""
     d = Path(encoder_dir)
-    files = [d / "config.json"] + sorted(
+    files = [d / CONFIG_FILE] + sorted(
         p for p in d.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file()
     )
     return _hash_files([p for p in files if p.is_file()])
@@ -399,6 +400,6 @@ def _gather(store: _Store, shas: list[str], key: str, computed: int) -> FeatureS
 
 
 def _tokenizer_dir(encoder_dir: Path) -> Path:
-    from longdoc.checkpoint import default_tokenizer_dir
+    from longdoc.checkpoint import encoder_tokenizer_dir  # imports torch: only when needed
 
-    return encoder_dir if (encoder_dir / "tokenizer.json").is_file() else default_tokenizer_dir()
+    return encoder_tokenizer_dir(encoder_dir)

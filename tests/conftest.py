@@ -20,7 +20,7 @@ LABELS = ["contract", "filing", "report"]
 #   tests land in the right layer without remembering to; a module's own fixture that
 #   starts a server or exports joins the set with `@integration_fixture`;
 # * in a test left unmarked, starting `longdoc serve`/tritonserver or exporting anything
-#   but the tiny preset fails at once with `LayerError` (`guard_unit_layer` below), so a
+#   but the tiny preset fails at once with `LayerError` (`pytest_configure` below), so a
 #   fixture that forgot the decorator cannot slow the fast layer down unnoticed.
 INTEGRATION_FIXTURES = {"serve", "export_repo", "classifier_checkpoint"}
 
@@ -95,17 +95,18 @@ def pytest_configure(config) -> None:
 
     subprocess.Popen = GuardedPopen
     try:
-        from longdoc.export import pipeline
+        from longdoc.export import to_onnx
     except ImportError:  # a client-only install exports nothing
         return
-    real_run = pipeline.run
+    real_export = to_onnx.export_encoder
 
-    def guarded_run(spec, *args, **kwargs):
-        if spec.preset != "tiny":
-            _refuse_outside_integration(f"exports {spec.checkpoint or spec.preset}")
-        return real_run(spec, *args, **kwargs)
+    def guarded_export(model, *args, **kwargs):
+        # refusals before this point (bad flags, bad checkpoints) stay unit tests
+        if model.source != "preset:tiny":
+            _refuse_outside_integration(f"exports {model.source}")
+        return real_export(model, *args, **kwargs)
 
-    pipeline.run = guarded_run
+    to_onnx.export_encoder = guarded_export
 
 
 @pytest.fixture(scope="session")

@@ -108,11 +108,21 @@ def test_head_file_roundtrip(tmp_path, minilm):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "longdoc.cli", "export", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    """`longdoc export ARGS` in this process (the entry point's own `main`, its exit code
+    and output): a subprocess would spend seconds importing torch for each refusal."""
+    import contextlib
+    import io
+
+    from longdoc.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(["export", *args])
+        except SystemExit as exc:  # argparse's own usage errors
+            code = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(
+        ["longdoc", "export", *args], code, out.getvalue(), err.getvalue()
     )
 
 
@@ -160,6 +170,7 @@ def test_cli_export_end_to_end(tmp_path, classifier_checkpoint):
     assert report["parity"]["passed"] and report["head"] == "logits-mean"
 
 
+@pytest.mark.integration  # builds a wheel and installs it: seconds of the fast layer
 def test_export_works_from_a_wheel_install(tmp_path):
     """A wheel carries the Python-backend model.py files (package data), so `longdoc export`
     does not need a source checkout: build the wheel, import it from outside the checkout."""

@@ -448,6 +448,7 @@ def test_gpu_profile_refuses_encoders_it_cannot_serve(repos, tmp_path):
 # ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.integration  # the GPU check script end to end on the CPU (exports, trains)
 def test_gpu_check_script_cpu_smoke(tmp_path):
     out = tmp_path / "gpu-checks"
     proc = subprocess.run(

@@ -41,11 +41,10 @@ def resolve_device(name: str) -> str:
 
 
 def encoder_tokenizer(encoder_dir: Path) -> Path:
-    """The directory whose ``tokenizer.json`` goes with an encoder: its own, or the default
-    uncased WordPiece vocabulary (the presets and MiniLM use it)."""
-    from longdoc.checkpoint import default_tokenizer_dir
+    """The directory whose ``tokenizer.json`` goes with an encoder (`checkpoint`'s rule)."""
+    from longdoc.checkpoint import encoder_tokenizer_dir
 
-    return encoder_dir if (encoder_dir / "tokenizer.json").is_file() else default_tokenizer_dir()
+    return encoder_tokenizer_dir(encoder_dir)
 
 
 def epoch_bar(epoch: int, cfg: TrainConfig, batches: int):

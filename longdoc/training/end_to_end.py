@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from longdoc.chunking import ChunkingConfig, ChunkingError
-from longdoc.contract import LOGIT_HEADS
+from longdoc.contract import LOGIT_HEADS, WEIGHTS_FILE
 from longdoc.data import DataError, Example
 from longdoc.training.common import (
     build_head_module,
@@ -86,7 +86,7 @@ class EndToEndModel:
         if spec["labels"] != labels:
             raise ValueError(f"{checkpoint}: its labels {spec['labels']} differ from {labels}")
         if spec["head"] in LOGIT_HEADS:
-            state = load_file(checkpoint / "model.safetensors")
+            state = load_file(checkpoint / WEIGHTS_FILE)
             with torch.no_grad():
                 self.encoder.bert.classifier.weight.copy_(state["classifier.weight"])
                 self.encoder.bert.classifier.bias.copy_(state["classifier.bias"])

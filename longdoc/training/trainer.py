@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-from longdoc.contract import TRAINING_JSON, TRAINING_PNG
+from longdoc.contract import CONFIG_FILE, TOKENIZER_FILE, TRAINING_JSON, TRAINING_PNG
 from longdoc.data import check_known_labels, check_training_labels, data_hash, read_dataset
 from longdoc.training.common import Split, holdout_split
 from longdoc.training.config import (
@@ -82,7 +82,7 @@ def resolve_encoder(encoder: Path | None, preset: str | None, cache_dir: Path, s
         encoder_dir = materialize_preset(preset, seed, Path(cache_dir))
     else:
         encoder_dir = Path(encoder) if encoder else minilm_dir()
-    if not (encoder_dir / "config.json").is_file():
+    if not (encoder_dir / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{encoder_dir}: not a Hugging Face BERT directory")
     return encoder_dir
 
@@ -98,7 +98,7 @@ def _save(cfg: TrainConfig, encoder_dir: Path, labels: list[str], result: dict) 
         labels=labels,
         chunking=cfg.saved_chunking(),
         encoder_dir=encoder_dir,
-        tokenizer=encoder_tokenizer(encoder_dir) / "tokenizer.json",
+        tokenizer=encoder_tokenizer(encoder_dir) / TOKENIZER_FILE,
         head_module=model.aggregator.cpu() if model is not None else result["module"],
         bert=model.encoder.bert if model is not None else None,
         head_options=cfg.head_options(),
