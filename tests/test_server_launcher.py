@@ -41,7 +41,8 @@ from longdoc.server.lockdown import (
 )
 from longdoc.server.options import ServeOptions
 from longdoc.server.probe import free_ports, is_ready
-from longdoc.server.process import ServerHandle, ServerStartError, backend_stubs, start_server
+from longdoc.server.process import ServerHandle, ServerStartError, start_server
+from longdoc.server.stubs import backend_stubs
 
 pytestmark = pytest.mark.timeout(120)
 # Tests that start a tritonserver are marked `integration` (make test-fast leaves them out).

@@ -231,12 +231,8 @@ def run(args: argparse.Namespace) -> int:
     """Start, report, supervise (restarting up to --restart times); the exit status."""
     import signal
 
-    from longdoc.server.process import (
-        ServerStartError,
-        start_server,
-        stop_lost_server,
-        supervise,
-    )
+    from longdoc.server.process import ServerStartError, start_server
+    from longdoc.server.stubs import stop_lost_server, supervise
 
     try:
         options, key = options_from_args(args)

@@ -7,7 +7,6 @@ sends the key where `health` is behind it.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import secrets
@@ -21,6 +20,7 @@ from pathlib import Path
 from longdoc.contract import ADMIN_HEADER, GRPC_ADMIN_HEADER
 from longdoc.server.binary import find_tritonserver, help_text, launch_env
 from longdoc.server.command import apply_allocator, build_command
+from longdoc.server.isolation import child_setup, flags_parsed, has_private_shm, hide_argument
 from longdoc.server.lockdown import (
     ADMIN_APIS,
     AdminKey,
@@ -34,16 +34,6 @@ from longdoc.server.options import ServeOptions
 from longdoc.server.probe import connect_host, wait_ready
 
 LOG_TAIL_LINES = 40
-# A stub that stays stopped (SIGSTOP, state T) this long is treated as dead: Triton's health
-# check declares it "not healthy" after ~3 s and fails every request routed to it, the stub
-# exits when it is continued, and Triton neither restarts it nor can unload its model.
-STOPPED_STUB_GRACE_S = 2.0
-# Triton's own word that a stub is gone (its log); the supervisor restarts at once on it.
-UNHEALTHY_STUB = re.compile(r"Stub process '?([\w.-]+)'? is not healthy")
-# How long a server with a dead stub may drain before it is killed: tritonserver would
-# otherwise wait its whole --exit-timeout for the model it cannot unload (20 s by default),
-# and every request of the dead model fails anyway. Clients retry what was not run.
-DEAD_STUB_DRAIN_S = 2.0
 SHM_DIR = Path("/dev/shm")
 
 
@@ -255,115 +245,6 @@ class ServerHandle:
         self.stop()
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Ask Linux to SIGTERM tritonserver if the process that started it dies.
-
-    Without this a crashed or SIGKILLed supervisor leaves a server holding the ports.
-    Note: PR_SET_PDEATHSIG fires when the *thread* that forked exits, so start servers
-    from the main thread or another thread that outlives them.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-_CLONE_NEWNS, _CLONE_NEWUSER = 0x00020000, 0x10000000
-_MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REC, _MS_PRIVATE = 2, 4, 8, 0x4000, 1 << 18
-
-
-def _enter_private_shm() -> None:  # pragma: no cover - runs in the child before exec
-    """Give tritonserver (and the stubs it forks) a /dev/shm of their own, mode 0700.
-
-    The Python backend creates its regions 0644 whatever the umask (it sets the mode
-    itself), and they hold every request's tensors: on the host's /dev/shm any local user
-    can read other people's documents. A new mount namespace with a fresh tmpfs on /dev/shm
-    hides them: other users cannot reach it (only through /proc/<pid>/root, which needs
-    ptrace rights over the server), and it disappears, regions and all, with the last
-    process of the server. Unprivileged users get the mount namespace through a user
-    namespace that maps only their own uid and gid (nothing else changes for the server).
-    Best effort: where namespaces are not allowed (e.g. a container under the default
-    seccomp profile, where /dev/shm is the pod's own anyway) the server runs on the
-    host's /dev/shm, and `start_server` reports which it got.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        uid, gid = os.getuid(), os.getgid()
-        if uid == 0:
-            if libc.unshare(_CLONE_NEWNS) != 0:
-                return
-        else:
-            if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS) != 0:
-                return
-            maps = {"setgroups": "deny", "uid_map": f"{uid} {uid} 1", "gid_map": f"{gid} {gid} 1"}
-            for name, text in maps.items():  # setgroups first: gid_map needs it
-                with open(f"/proc/self/{name}", "w") as f:
-                    f.write(text)
-        if libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None) != 0:
-            return
-        libc.mount(
-            b"tmpfs", b"/dev/shm", b"tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, b"mode=0700"
-        )
-    except OSError:
-        return
-
-
-def _child_setup(private_shm: bool):
-    """The function the child runs before exec: parent-death signal, private /dev/shm."""
-
-    def setup() -> None:  # pragma: no cover - runs in the child before exec
-        _die_with_parent()
-        if private_shm:
-            _enter_private_shm()
-
-    return setup
-
-
-def has_private_shm(pid: int) -> bool:
-    """Whether process `pid` sees another /dev/shm than this process (a private tmpfs)."""
-    try:
-        return os.stat(f"/proc/{pid}/root/dev/shm").st_dev != os.stat("/dev/shm").st_dev
-    except OSError:
-        return False
-
-
-def hide_argument(pid: int, secret: str) -> bool:
-    """Overwrite `secret` with `*` in the command line of process `pid` (ours, same user).
-
-    Triton 2.51 takes the admin key only on its command line (`--http-restricted-api`,
-    no file or environment variable), and /proc/<pid>/cmdline is readable by every local
-    user. Once tritonserver has parsed its flags (into strings of its own) the argv area is
-    never read again, so its parent, which may write the child's memory through
-    /proc/<pid>/mem (same uid, ptrace rules), wipes the key there: ps and /proc show
-    `admin-key=****`. True when the command line no longer holds the key.
-    """
-    needle = secret.encode()
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49)
-        with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
-            mem.seek(start)
-            args = mem.read(end - start)
-            if needle in args:
-                mem.seek(start)
-                mem.write(args.replace(needle, b"*" * len(needle)))
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return needle not in f.read()
-    except (OSError, ValueError, IndexError):
-        return False
-
-
-def _flags_parsed(pid: int) -> bool:
-    """Whether tritonserver is past parsing its flags: it has started loading a backend."""
-    try:
-        with open(f"/proc/{pid}/maps") as f:
-            return "libtriton_" in f.read()
-    except OSError:
-        return False
-
-
 def start_server(options: ServeOptions, *, restart_note: str | None = None) -> ServerHandle:
     """Run tritonserver as `options` say and return once `/v2/health/ready` is 200.
 
@@ -418,7 +299,7 @@ def start_server(options: ServeOptions, *, restart_note: str | None = None) -> S
             # stops the server in order, instead of both racing to shut down.
             start_new_session=True,
             preexec_fn=(
-                _child_setup(not options.host_shm) if sys.platform.startswith("linux") else None
+                child_setup(not options.host_shm) if sys.platform.startswith("linux") else None
             ),
         )
     except BaseException:
@@ -446,7 +327,7 @@ def start_server(options: ServeOptions, *, restart_note: str | None = None) -> S
     )
 
     def alive() -> bool:  # polled while models load: hide the key as soon as flags are read
-        if not handle.key_hidden and _flags_parsed(process.pid):
+        if not handle.key_hidden and flags_parsed(process.pid):
             handle.key_hidden = hide_argument(process.pid, key.value)
         return handle.is_alive()
 
@@ -471,135 +352,3 @@ def start_server(options: ServeOptions, *, restart_note: str | None = None) -> S
         reason = f"tritonserver not ready within {options.ready_timeout:g} s"
     handle.stop(timeout=0)  # it serves nothing yet: no drain to wait for
     raise ServerStartError(f"{reason}; model repository {repo}; {handle.failure_report()}")
-
-
-def backend_stubs(pid: int) -> dict[int, str]:
-    """The Python-backend stub processes under tritonserver ``pid``: {pid: instance name}.
-
-    Triton 2.51 neither restarts a stub that dies nor marks its model unready
-    (triton-inference-server/server#8604), so the supervisor watches them itself.
-    """
-    import psutil
-
-    stubs: dict[int, str] = {}
-    try:
-        children = psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return stubs
-    for child in children:
-        try:
-            if child.name().startswith("triton_python"):
-                args = child.cmdline()
-                stubs[child.pid] = args[-2] if len(args) >= 2 else child.name()
-        except psutil.ZombieProcess:  # died before we looked: Triton never reaps it
-            stubs[child.pid] = f"(pid {child.pid})"
-        except psutil.Error:
-            continue
-    return stubs
-
-
-def dead_stubs(stubs: dict[int, str]) -> list[str]:
-    """Instance names of the stubs in ``stubs`` that are gone or zombies."""
-    import psutil
-
-    dead = []
-    for pid, name in stubs.items():
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                dead.append(name)
-        except psutil.NoSuchProcess:
-            dead.append(name)
-        except psutil.Error:
-            continue
-    return dead
-
-
-def stopped_stubs(stubs: dict[int, str]) -> dict[str, int]:
-    """{instance name: pid} of the stubs in ``stubs`` that are stopped (SIGSTOP, state T;
-    not a debugger's tracing stop)."""
-    import psutil
-
-    stopped = {}
-    for pid, name in stubs.items():
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_STOPPED:
-                stopped[name] = pid
-        except psutil.Error:
-            continue
-    return stopped
-
-
-class _LogWatch:
-    """New lines of tritonserver's log since the last look (None: it logs to stdout)."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        try:
-            self.offset = path.stat().st_size if path else 0
-        except OSError:
-            self.offset = 0
-
-    def unhealthy(self) -> str | None:
-        """The first 'Stub process ... is not healthy' line logged since the last call."""
-        if self.path is None:
-            return None
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read(4 * 1024 * 1024)
-        except OSError:
-            return None
-        self.offset += data.rfind(b"\n") + 1 if b"\n" in data else 0
-        match = UNHEALTHY_STUB.search(data.decode("utf-8", "replace"))
-        return match.group(0) if match else None
-
-
-def supervise(handle: ServerHandle, interval: float = 0.5) -> str:
-    """Block until the server exits or one of its backend stubs is lost; say which.
-
-    A stub is lost when it is gone or a zombie (killed, crashed), stopped for
-    `STOPPED_STUB_GRACE_S` (SIGSTOP: Triton declares it unhealthy and it exits when
-    continued), or when Triton logs that a stub "is not healthy". Triton 2.51 recovers from
-    none of these by itself (server#8604): every request routed to that instance fails
-    until tritonserver is restarted, so the caller stops it at once (`stop_lost_server`).
-    """
-    stubs = backend_stubs(handle.pid)
-    handle.stub_pids.update(stubs)
-    log = _LogWatch(handle.log_path)
-    stopped_since: dict[str, float] = {}
-    while True:
-        try:
-            code = handle.wait(timeout=interval)
-        except subprocess.TimeoutExpired:
-            code = None
-        if code is not None:
-            how = f"code {code}"
-            if code < 0:
-                how += f": killed by {signal.Signals(-code).name}"
-            return f"tritonserver exited unexpectedly ({how})"
-        dead = dead_stubs(stubs)
-        if dead:
-            return (
-                f"Python backend stub {', '.join(sorted(dead))} died; Triton does not restart "
-                "it and its model cannot answer any more"
-            )
-        now = time.monotonic()
-        stopped = stopped_stubs(stubs)
-        stopped_since = {name: stopped_since.get(name, now) for name in stopped}
-        grace_over = [n for n, t in stopped_since.items() if now - t >= STOPPED_STUB_GRACE_S]
-        long_stopped = sorted(grace_over)
-        if long_stopped:
-            return (
-                f"Python backend stub {', '.join(long_stopped)} stopped (SIGSTOP) for "
-                f"{STOPPED_STUB_GRACE_S:g} s; Triton declares it unhealthy and cannot recover it"
-            )
-        line = log.unhealthy()
-        if line:
-            return f"tritonserver reports: {line}; Triton does not recover a stub"
-
-
-def stop_lost_server(handle: ServerHandle, drain: float = DEAD_STUB_DRAIN_S) -> int:
-    """Stop a server whose stub is lost, fast: `drain` seconds for what is in flight, then
-    SIGKILL (and its stubs with it), instead of Triton waiting `exit_timeout` for a
-    model it cannot unload. Its exit code."""
-    return handle.stop(timeout=min(drain, handle.exit_timeout))
