@@ -17,8 +17,8 @@ with open(sys.argv[1], "w") as f:
         f.write(json.dumps({"id": f"d{i}", "text": corpus.document(n, seed=7000 + i)}) + "\n")
 PYEOF
 read -r H1 G1 M1 H2 G2 M2 < <("$PY" -c "from longdoc.server.probe import free_ports; print(*free_ports(6))")
-"$PY" -m longdoc.cli serve --model-repository "$REPO" --http-port "$H1" --grpc-port "$G1" --metrics-port "$M1" >"$WORK/s1.log" 2>&1 & S1=$!
-"$PY" -m longdoc.cli serve --model-repository "$REPO" --http-port "$H2" --grpc-port "$G2" --metrics-port "$M2" >"$WORK/s2.log" 2>&1 & S2=$!
+"$PY" -m longdoc.cli serve --repository "$REPO" --http-port "$H1" --grpc-port "$G1" --metrics-port "$M1" >"$WORK/s1.log" 2>&1 & S1=$!
+"$PY" -m longdoc.cli serve --repository "$REPO" --http-port "$H2" --grpc-port "$G2" --metrics-port "$M2" >"$WORK/s2.log" 2>&1 & S2=$!
 until curl -fs "127.0.0.1:$H1/v2/health/ready" && curl -fs "127.0.0.1:$H2/v2/health/ready"; do sleep 2; done
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 rate() {  # label, seconds, jsonl-or-dir
