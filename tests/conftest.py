@@ -247,5 +247,11 @@ def serve(tmp_path_factory):
         return served
 
     yield start
+    # SIGTERM every server first, then wait: each drains in parallel with the others
+    import signal
+
+    for served in started:
+        if served.process.poll() is None:
+            served.process.send_signal(signal.SIGTERM)
     for served in started:
         served.stop()
