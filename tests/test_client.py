@@ -319,8 +319,9 @@ def test_deadline_not_retried_on_a_real_server(locked, protocol):
     headers = {contract.ADMIN_HEADER: served.admin_key}
     ok = DocumentClassifierClient(served.url(protocol), protocol, headers=headers, retries=0)
     (first,) = ok.classify([text])
-    assert first.ok, first.error
-    deadline = first.latency_s / 8
+    (warm,) = ok.classify([text])  # the first call may include warm-up: time a warm one
+    assert first.ok and warm.ok, (first.error, warm.error)
+    deadline = min(first.latency_s, warm.latency_s) / 8
 
     async def once():
         client = DocumentClassifierClient(
