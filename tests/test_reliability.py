@@ -396,8 +396,7 @@ def test_killed_backend_stub_mid_load(load_repo, serve, workload, victim):
         targets(served),
         requests,
         clients=16,
-        retries=8,
-        backoff_s=0.5,
+        backoff_s=0.5,  # retried until each document's deadline (the default)
         timeout_s=120,
         on_outcome=trigger,
         batch=4,
@@ -411,7 +410,7 @@ def test_killed_backend_stub_mid_load(load_repo, serve, workload, victim):
     assert all(o.error for o in failures)
     # service resumes on its own: a fresh stub, and every follow-up answered correctly
     assert wait_ready(served.http_url, timeout=120), "the server did not come back"
-    after = run_load(targets(served), requests[:8], clients=8, retries=8, backoff_s=0.5)
+    after = run_load(targets(served), requests[:8], clients=8, backoff_s=0.5)
     after_check = check_outcomes(after, expected, ATOL)
     assert after_check["num_problems"] == 0 and not after.failed(), after.errors()
     assert served.process.poll() is None, "longdoc serve should have restarted tritonserver"
@@ -522,8 +521,7 @@ def test_restart_mid_load(load_repo, workload, tmp_path):
             [("grpc", f"127.0.0.1:{ports[1]}"), ("http", f"127.0.0.1:{ports[0]}")],
             requests,
             clients=CLIENTS,
-            retries=8,
-            backoff_s=0.25,
+            backoff_s=0.25,  # retried until each document's deadline (the default)
             timeout_s=120,
             on_outcome=trigger,
             batch=8,
