@@ -175,12 +175,35 @@ def export_repo(tmp_path_factory):
     return make
 
 
+def serve_command(repo: Path, ports: tuple[int, int, int], log: Path, *extra: str) -> list[str]:
+    """`longdoc serve` on ``(http, grpc, metrics)`` ports, the way users run it."""
+    import sys
+
+    http, grpc, metrics = ports
+    return [
+        sys.executable,
+        "-m",
+        "longdoc.cli",
+        "serve",
+        "--repository",
+        str(repo),
+        "--http-port",
+        str(http),
+        "--grpc-port",
+        str(grpc),
+        "--metrics-port",
+        str(metrics),
+        "--log",
+        str(log),
+        *extra,
+    ]
+
+
 class Served:
     """A `longdoc serve` subprocess on free ports (the way users run it)."""
 
     def __init__(self, repo: Path, log_dir: Path, extra: tuple[str, ...] = ()) -> None:
         import subprocess
-        import sys
 
         from longdoc.server.probe import free_ports, wait_ready
 
@@ -192,23 +215,7 @@ class Served:
         self.log = log_dir / f"triton-{http}.log"
         env = {**os.environ, "LONGDOC_ADMIN_KEY": self.admin_key}
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "longdoc.cli",
-                "serve",
-                "--repository",
-                str(repo),
-                "--http-port",
-                str(http),
-                "--grpc-port",
-                str(grpc),
-                "--metrics-port",
-                str(metrics),
-                "--log",
-                str(self.log),
-                *extra,
-            ],
+            serve_command(repo, (http, grpc, metrics), self.log, *extra),
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

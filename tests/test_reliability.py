@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import integration_fixture
+from conftest import integration_fixture, serve_command
 from loadgen import (
     MemorySampler,
     check_outcomes,
@@ -454,22 +454,7 @@ class FixedPortServe:
         self.http_url, self.grpc_url = f"127.0.0.1:{http}", f"127.0.0.1:{grpc}"
         started = time.monotonic()
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "longdoc.cli",
-                "serve",
-                "--repository",
-                str(repo),
-                "--http-port",
-                str(http),
-                "--grpc-port",
-                str(grpc),
-                "--metrics-port",
-                str(metrics),
-                "--log",
-                str(log),
-            ],
+            serve_command(repo, ports, log),
             env={**os.environ, "LONGDOC_ADMIN_KEY": key},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
