@@ -12,6 +12,7 @@ from longdoc.cli_options import (
     UsageError,
     add_output_arg,
     add_server_args,
+    config_from_args,
     existing_dir,
     server_kwargs,
 )
@@ -175,25 +176,12 @@ def config_from(args: argparse.Namespace):
         raise UsageError("--num-gpus and --threads must be >= 0, --part-seconds > 0")
     if args.num_gpus and urls:
         raise UsageError("--num-gpus is for in-process actors (--repository without --url)")
-    return BatchConfig(
-        inputs=args.inputs,
-        output=args.output,
-        fmt=args.fmt,
+    return config_from_args(
+        BatchConfig,
+        args,
         columns=Columns(args.id_column, args.text_column),
         urls=urls,
         client_kwargs=client,
-        concurrency=args.concurrency,
-        repository=args.repository,
-        actors=args.actors,
-        num_gpus=args.num_gpus,
-        threads=args.threads,
-        batch_size=args.batch_size,
-        part_rows=args.part_rows,
-        part_seconds=args.part_seconds,
-        explain=args.explain,
-        overwrite=args.overwrite,
-        ray_address=args.ray_address,
-        num_cpus=args.num_cpus,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
 
