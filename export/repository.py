@@ -32,10 +32,12 @@ from longdoc.contract import (
     CHUNK_LOGITS,
     CHUNK_SPANS,
     CHUNK_VECTORS,
+    CHUNK_WEIGHTS,
     CHUNKER,
     CHUNKER_INPUT,
     CHUNKER_OUTPUTS,
     CHUNKING_FILE,
+    DECISIONS,
     DISPATCHER,
     DISPATCHER_INPUTS,
     DISPATCHER_OUTPUT,
@@ -249,7 +251,7 @@ def aggregator_config(sizing: Sizing, vector_size: int, num_labels: int) -> mc.M
     cfg = mc.ModelConfig(name=AGGREGATOR, max_batch_size=0)
     _backend(cfg, sizing, sizing.ort_threads[AGGREGATOR])
     _inputs(cfg, [(AGGREGATOR_INPUT, [-1, vector_size])])
-    dims = {LOGITS: [num_labels], PROBABILITIES: [num_labels], CHUNK_LOGITS: [-1, num_labels]}
+    dims = label_output_dims(num_labels)
     _outputs(cfg, [(name, dims[name]) for name in AGGREGATOR_OUTPUTS])
     _instances(cfg, sizing.kinds[AGGREGATOR], sizing.instances[AGGREGATOR])
     return cfg
@@ -263,15 +265,21 @@ def _internal(name: str) -> str:
 ENSEMBLE_OUTPUT_DIMS = {NUM_CHUNKS: [1], CHUNK_SPANS: [-1, 2], TOTAL_CHUNKS: [1]}
 
 
-def ensemble_config(sizing: Sizing, num_labels: int) -> mc.ModelConfig:
-    cfg = mc.ModelConfig(name=ENSEMBLE, platform="ensemble", max_batch_size=0)
-    _inputs(cfg, [(TEXT, [1])])
-    dims = {
-        **ENSEMBLE_OUTPUT_DIMS,
+def label_output_dims(num_labels: int) -> dict:
+    """The dims of the outputs with one value per label (the aggregator's, the ensemble's)."""
+    return {
         LOGITS: [num_labels],
         PROBABILITIES: [num_labels],
         CHUNK_LOGITS: [-1, num_labels],
+        CHUNK_WEIGHTS: [-1, num_labels],
+        DECISIONS: [num_labels],
     }
+
+
+def ensemble_config(sizing: Sizing, num_labels: int) -> mc.ModelConfig:
+    cfg = mc.ModelConfig(name=ENSEMBLE, platform="ensemble", max_batch_size=0)
+    _inputs(cfg, [(TEXT, [1])])
+    dims = {**ENSEMBLE_OUTPUT_DIMS, **label_output_dims(num_labels)}
     _outputs(cfg, [(name, dims[name]) for name in ENSEMBLE_OUTPUTS], {LOGITS, PROBABILITIES})
     if sizing.response_cache:
         cfg.response_cache.enable = True  # the ensemble only (docs/GPU.md "Response cache")

@@ -36,6 +36,7 @@ from longdoc.contract import (
     AGGREGATOR_INPUT,
     AGGREGATOR_OUTPUTS,
     CHUNK_LOGITS,
+    CHUNK_WEIGHTS,
     ENCODER_INPUTS,
     ENCODER_OUTPUT,
     META_MAX_POSITIONS,
@@ -103,14 +104,20 @@ def export_encoder(model: LoadedModel, path: Path) -> Path:
 
 
 def export_aggregator(model: LoadedModel, path: Path) -> Path:
-    """``chunk_vectors [chunks, D] -> LOGITS [L], PROBABILITIES [L], CHUNK_LOGITS [chunks, L]``."""
+    """``chunk_vectors [chunks, D] -> LOGITS [L], PROBABILITIES [L], CHUNK_LOGITS [chunks, L],
+    CHUNK_WEIGHTS [chunks, L], DECISIONS [L]`` with the model's decision rule (thresholds)
+    inside the graph."""
     vectors = torch.zeros((3, model.vector_size), dtype=torch.float32)
     _export(
-        SingleDocumentAggregator(model.aggregator),
+        SingleDocumentAggregator(model.aggregator, model.decision),
         (vectors,),
         path,
         input_names=[AGGREGATOR_INPUT],
         output_names=list(AGGREGATOR_OUTPUTS),
-        dynamic_axes={AGGREGATOR_INPUT: {0: "chunks"}, CHUNK_LOGITS: {0: "chunks"}},
+        dynamic_axes={
+            AGGREGATOR_INPUT: {0: "chunks"},
+            CHUNK_LOGITS: {0: "chunks"},
+            CHUNK_WEIGHTS: {0: "chunks"},
+        },
     )
     return path

@@ -33,11 +33,13 @@ from torch import nn
 from longdoc.chunking import ChunkingConfig
 from longdoc.contract import (
     CONFIG_FILE,
+    DECISION_FILE,
     HEAD_JSON,
     HEAD_WEIGHTS,
     TOKENIZER_FILE,
     WEIGHTS_FILE,
 )
+from longdoc.decision import Decision, load_decision, save_decision
 from longdoc.heads import HEADS, LOGIT_HEADS, ChunkEncoder, make_aggregator
 from longdoc.presets import MAX_POSITIONS, PRESETS, VOCAB_SIZE
 
@@ -79,6 +81,7 @@ class LoadedModel:
     num_attention_heads: int
     head_options: dict = field(default_factory=dict)
     source: str = ""
+    decision: Decision = field(default_factory=Decision)  # how logits become labels
 
     @property
     def num_labels(self) -> int:
@@ -206,6 +209,7 @@ def load_checkpoint(
             config.hidden_size,
             config.num_attention_heads,
             source=str(path),
+            decision=load_decision(path, len(labels)),
         )
         return _eval(model)
 
@@ -237,6 +241,7 @@ def load_checkpoint(
         config.num_attention_heads,
         options,
         source=str(path),
+        decision=load_decision(path, len(labels)),
     )
     return _eval(model)
 
@@ -372,6 +377,7 @@ def save_checkpoint(
     head_module: nn.Module,
     bert: nn.Module | None = None,
     head_options: dict | None = None,
+    decision: Decision | None = None,
 ) -> None:
     """Write a trained model in the format ``load_checkpoint`` and ``longdoc export`` read,
     with the chunking it was trained with in ``head.json``.
@@ -380,7 +386,8 @@ def save_checkpoint(
     ``BertForSequenceClassification`` for the ``logits-*`` heads, a ``BertModel``
     otherwise); ``None`` for a frozen encoder, whose files in ``encoder_dir`` are reused.
     ``head_module`` is what trained over the window vectors: a ``LogitsHead`` (its
-    classifier becomes the checkpoint's) or the aggregator of ``mean-pool``/``transformer``.
+    classifier becomes the checkpoint's) or the aggregator of the other heads. ``decision``
+    (multi-label: the thresholds) goes to ``decision.json``; single-label writes none.
     """
     from transformers import BertForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -416,6 +423,11 @@ def save_checkpoint(
         _write_head_weights(out, head_module)
     if tokenizer.resolve() != (out / TOKENIZER_FILE).resolve():
         shutil.copy(tokenizer, out / TOKENIZER_FILE)
+    if decision is not None and decision.multi_label:
+        decision.check_labels(len(labels))
+        save_decision(out, decision)
+    else:
+        (out / DECISION_FILE).unlink(missing_ok=True)  # a single-label model has none
 
 
 def make_classifier_checkpoint(

@@ -25,6 +25,9 @@ ONNX_FILE = "model.onnx"
 # on CPUs without VNNI, where INT8 is no faster and less accurate (longdoc.runtime).
 FP32_FALLBACK_FILE = "model_fp32.onnx"
 EXPORT_REPORT = "export_report.json"
+# How logits become a decision (problem, thresholds; ``longdoc.decision``): in a checkpoint
+# and in the repository's ensemble folder, next to labels.txt.
+DECISION_FILE = "decision.json"
 
 # Checkpoint layout (a `longdoc train` output, or any directory `longdoc export` reads):
 # the encoder's Hugging Face files, the head, the run's record, or the TF-IDF baseline.
@@ -47,7 +50,23 @@ CHUNK_SPANS = "CHUNK_SPANS"
 # Windows the whole document has; NUM_CHUNKS is how many were read (fewer only under an
 # opt-in --max-chunks cap with the head/head_tail overflow policy).
 TOTAL_CHUNKS = "TOTAL_CHUNKS"
-ENSEMBLE_OUTPUTS = (LOGITS, PROBABILITIES, NUM_CHUNKS, CHUNK_LOGITS, CHUNK_SPANS, TOTAL_CHUNKS)
+# [n_chunks, L]: each window's weight in each label's document score (the pooling's own
+# weights: 1/n for the mean heads, the maximum's window for logits-max, learned attention
+# for the attention head); what --explain reads for the decisive window.
+CHUNK_WEIGHTS = "CHUNK_WEIGHTS"
+# [L] BOOL: the labels decided (single-label: the argmax; multi-label: each label whose
+# probability is at or over its threshold, thresholds baked into the aggregator at export).
+DECISIONS = "DECISIONS"
+ENSEMBLE_OUTPUTS = (
+    LOGITS,
+    PROBABILITIES,
+    NUM_CHUNKS,
+    CHUNK_LOGITS,
+    CHUNK_SPANS,
+    TOTAL_CHUNKS,
+    CHUNK_WEIGHTS,
+    DECISIONS,
+)
 
 # --- between the steps ----------------------------------------------------------------
 INPUT_IDS = "input_ids"
@@ -56,7 +75,7 @@ ENCODER_INPUTS = (INPUT_IDS, ATTENTION_MASK)
 CHUNK_VECTORS = "chunk_vectors"
 ENCODER_OUTPUT = CHUNK_VECTORS
 AGGREGATOR_INPUT = CHUNK_VECTORS
-AGGREGATOR_OUTPUTS = (LOGITS, PROBABILITIES, CHUNK_LOGITS)
+AGGREGATOR_OUTPUTS = (LOGITS, PROBABILITIES, CHUNK_LOGITS, CHUNK_WEIGHTS, DECISIONS)
 CHUNKER_INPUT = TEXT
 CHUNKER_OUTPUTS = (INPUT_IDS, ATTENTION_MASK, CHUNK_SPANS, NUM_CHUNKS, TOTAL_CHUNKS)
 DISPATCHER_INPUTS = ENCODER_INPUTS
@@ -93,11 +112,16 @@ DTYPES = {
     TOTAL_CHUNKS: "TYPE_INT32",
     CHUNK_LOGITS: "TYPE_FP32",
     CHUNK_SPANS: "TYPE_INT64",
+    CHUNK_WEIGHTS: "TYPE_FP32",
+    DECISIONS: "TYPE_BOOL",
 }
 
 # --- choices the CLIs offer ---------------------------------------------------------
-HEADS = ("logits-mean", "logits-max", "mean-pool", "transformer")
+HEADS = ("logits-mean", "logits-max", "mean-pool", "transformer", "attention")
 LOGIT_HEADS = ("logits-mean", "logits-max")
+# single-label: softmax, the argmax decides; multi-label: a sigmoid per label, each label
+# over its threshold is in the document's set.
+PROBLEMS = ("single-label", "multi-label")
 PRECISIONS = ("fp32", "fp16", "int8")
 PROFILES = ("portable", "cpu", "gpu")
 PRESETS = ("bert-large-uncased", "bert-base-uncased", "tiny")

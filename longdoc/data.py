@@ -52,14 +52,30 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Example:
+    """One labelled document. Single-label: ``label``, and ``labels`` empty. Multi-label:
+    ``labels`` (sorted, at least one), and ``label`` their ``|``-joined form (what the
+    single-label code paths that group by label, such as the stratified hold-out, see)."""
+
     id: str
     text: str
     label: str
     source: str  # the file (and line) it came from, for error messages
+    labels: tuple[str, ...] = ()
 
     @property
     def sha(self) -> str:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+    @property
+    def label_set(self) -> tuple[str, ...]:
+        """The document's labels, whatever the problem (one for single-label)."""
+        return self.labels or (self.label,)
+
+
+def problem_of(examples: list[Example]) -> str:
+    """``multi-label`` when the rows carry label sets, else ``single-label`` (the readers
+    refuse a file that mixes the two)."""
+    return "multi-label" if any(e.labels for e in examples) else "single-label"
 
 
 # --------------------------------------------------------------------------- readers

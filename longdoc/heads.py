@@ -6,11 +6,14 @@ Served as two ONNX graphs (the `encoder` and `aggregator` Triton models):
   (D = labels) for the ``logits-*`` heads, masked mean of the last hidden states (D = hidden)
   for ``mean-pool`` and ``transformer``.
 * an aggregator: ``vectors [B, C, D], chunk_mask [B, C] -> logits [B, L], chunk_logits
-  [B, C, L]``. The document's logits are the mean (max for ``logits-max``) of its valid
-  chunk logits, so a user can see which passage drove the decision.
+  [B, C, L]``. The document's logits are the mean (max for ``logits-max``, the attention
+  weighted sum for ``attention``) of its valid chunk logits, so a user can see which
+  passage drove the decision; ``window_weights`` gives each window's weight in each
+  label's score (served as ``CHUNK_WEIGHTS``).
 
 Padding never changes a result: padded tokens are excluded from the token mean, padded
-chunks from the chunk mean/max and from the transformer's attention.
+chunks from the chunk mean/max, from the transformer's attention and from the attention
+head's softmax.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 from torch import nn
 
 from longdoc.contract import HEADS, LOGIT_HEADS  # noqa: F401  (re-exported)
+from longdoc.decision import Decision
 
 
 def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -171,8 +175,65 @@ class TransformerHead(nn.Module):
         return masked_mean(chunk_logits, chunk_mask), chunk_logits
 
 
+class AttentionHead(nn.Module):
+    """Gated attention pooling over window vectors (Ilse et al. 2018, attention-based deep
+    multiple-instance learning): each window gets a score ``w . (tanh(V h) * sigmoid(U h))``,
+    a softmax over the document's windows (padding masked) makes them weights, and the
+    document's logits are the weighted sum of the windows' logits ``W h + b`` (= ``W`` of
+    the weighted mean of the window vectors, plus ``b``). ``per_label``: one attention per
+    label (each label picks its own evidence, as in per-class attention over chunk
+    embeddings), else one shared by all labels. No positions: any number of windows."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_labels: int,
+        attention_size: int = 128,
+        per_label: bool = False,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.per_label = per_label
+        self.value = nn.Linear(hidden_size, attention_size)
+        self.gate = nn.Linear(hidden_size, attention_size)
+        self.score = nn.Linear(attention_size, num_labels if per_label else 1)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def attention(self, vectors: torch.Tensor, chunk_mask: torch.Tensor) -> torch.Tensor:
+        """``[B, C, K]`` weights (K = labels, or 1 when shared); padded windows get 0."""
+        hidden = torch.tanh(self.value(vectors)) * torch.sigmoid(self.gate(vectors))
+        scores = self.score(self.dropout(hidden))
+        pad = (chunk_mask == 0).unsqueeze(-1)
+        scores = scores.masked_fill(pad, torch.finfo(scores.dtype).min)
+        return scores.softmax(dim=1).masked_fill(pad, 0.0)
+
+    def forward(self, vectors: torch.Tensor, chunk_mask: torch.Tensor):
+        chunk_logits = self.classifier(self.dropout(vectors))
+        weights = self.attention(vectors, chunk_mask)
+        return (weights * chunk_logits).sum(dim=1), chunk_logits
+
+
+def window_weights(
+    aggregator: nn.Module, vectors: torch.Tensor, chunk_mask: torch.Tensor, chunk_logits
+) -> torch.Tensor:
+    """``[B, C, L]``: each window's weight in each label's document score. The attention
+    head's learned weights; the max's window for ``logits-max`` (ties share); ``1/n`` over
+    the document's windows for the mean heads (``transformer`` included: its document
+    logits are the mean of its contextual window logits). Padded windows weigh 0."""
+    mask = chunk_mask.to(chunk_logits.dtype).unsqueeze(-1)  # [B, C, 1]
+    if isinstance(aggregator, AttentionHead):
+        return aggregator.attention(vectors, chunk_mask).expand_as(chunk_logits)
+    if isinstance(aggregator, LogitsPool) and aggregator.reduce == "max":
+        fill = torch.finfo(chunk_logits.dtype).min
+        masked = chunk_logits.masked_fill(mask == 0, fill)
+        top = (masked == masked.max(dim=1, keepdim=True).values).to(chunk_logits.dtype) * mask
+        return top / top.sum(dim=1, keepdim=True).clamp(min=1.0)
+    return (mask / mask.sum(dim=1, keepdim=True).clamp(min=1.0)).expand_as(chunk_logits)
+
+
 def make_aggregator(head: str, hidden_size: int, num_labels: int, **options) -> nn.Module:
-    """The aggregator module for a head name (options: transformer sizes)."""
+    """The aggregator module for a head name (options: transformer or attention sizes)."""
     if head == "logits-mean":
         return LogitsPool("mean")
     if head == "logits-max":
@@ -181,6 +242,8 @@ def make_aggregator(head: str, hidden_size: int, num_labels: int, **options) -> 
         return MeanPoolHead(hidden_size, num_labels)
     if head == "transformer":
         return TransformerHead(hidden_size, num_labels, **options)
+    if head == "attention":
+        return AttentionHead(hidden_size, num_labels, **options)
     raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
 
 
@@ -215,14 +278,28 @@ def pad_batch(vectors: list[torch.Tensor], device: str | torch.device = "cpu"):
 
 class SingleDocumentAggregator(nn.Module):
     """The served form of an aggregator: one document's ``[C, D]`` chunk vectors in,
-    ``LOGITS [L]``, ``PROBABILITIES [L]``, ``CHUNK_LOGITS [C, L]`` out."""
+    ``LOGITS [L]``, ``PROBABILITIES [L]``, ``CHUNK_LOGITS [C, L]``, ``CHUNK_WEIGHTS [C, L]``
+    and ``DECISIONS [L]`` (bool) out: the decision rule (``longdoc.decision``) with its
+    thresholds is part of the graph, so every server answer carries the label set."""
 
-    def __init__(self, aggregator: nn.Module) -> None:
+    def __init__(self, aggregator: nn.Module, decision: Decision | None = None) -> None:
         super().__init__()
         self.aggregator = aggregator
+        self.multi_label = decision is not None and decision.multi_label
+        thresholds = decision.thresholds if self.multi_label else ()
+        self.register_buffer("thresholds", torch.tensor(thresholds, dtype=torch.float32))
 
     def forward(self, chunk_vectors: torch.Tensor):
         vectors = chunk_vectors.unsqueeze(0)
         mask = torch.ones(vectors.shape[:2], dtype=torch.int64, device=vectors.device)
         logits, chunk_logits = self.aggregator(vectors, mask)
-        return logits[0], logits[0].softmax(dim=-1), chunk_logits[0]
+        weights = window_weights(self.aggregator, vectors, mask, chunk_logits)
+        logits = logits[0]
+        if self.multi_label:
+            probabilities = torch.sigmoid(logits)
+            decisions = probabilities >= self.thresholds
+        else:
+            probabilities = logits.softmax(dim=-1)
+            labels = torch.arange(logits.shape[-1], device=logits.device)
+            decisions = labels == logits.argmax(dim=-1)
+        return logits, probabilities, chunk_logits[0], weights[0], decisions

@@ -64,6 +64,26 @@ def _pad_to(chunks: Chunks, length: int, pad_id: int) -> Chunks:
     return Chunks(ids, mask, chunks.spans, chunks.num_tokens, chunks.truncated, chunks.total_chunks)
 
 
+def document_result(
+    model: LoadedModel, vectors: torch.Tensor, mask: torch.Tensor, row: int, n: int
+) -> DocumentResult:
+    """Row ``row`` of an aggregator batch as a result (its first ``n`` windows): the logits,
+    the decision rule's probabilities and labels, each window's logits and weight."""
+    from longdoc.heads import window_weights
+
+    logits, chunk_logits = model.aggregator(vectors, mask)
+    weights = window_weights(model.aggregator, vectors, mask, chunk_logits)
+    out = logits[row].float().numpy()
+    return DocumentResult(
+        logits=out,
+        probabilities=model.decision.probabilities(out),
+        chunk_logits=chunk_logits[row, :n].float().numpy(),
+        spans=np.zeros((n, 2), dtype=np.int64),
+        chunk_weights=weights[row, :n].float().numpy(),
+        decisions=model.decision.decide(out),
+    )
+
+
 class ReferenceClassifier:
     """The PyTorch reference on a loaded model (``longdoc.results.Classifier``)."""
 
@@ -138,17 +158,11 @@ class ReferenceClassifier:
                 raise DocumentError(index, str(exc)) from exc
             vectors = encode_chunks(self.model, chunks, self.batch_size).unsqueeze(0)
             mask = torch.ones(vectors.shape[:2], dtype=torch.int64)
-            logits, chunk_logits = self.model.aggregator(vectors, mask)
-            results.append(
-                DocumentResult(
-                    logits=logits[0].float().numpy(),
-                    probabilities=logits[0].float().softmax(-1).numpy(),
-                    chunk_logits=chunk_logits[0].float().numpy(),
-                    spans=chunks.spans,
-                    num_tokens=chunks.num_tokens,
-                    total_chunks=chunks.total_chunks or chunks.num_chunks,
-                )
-            )
+            result = document_result(self.model, vectors, mask, 0, chunks.num_chunks)
+            result.spans = chunks.spans
+            result.num_tokens = chunks.num_tokens
+            result.total_chunks = chunks.total_chunks or chunks.num_chunks
+            results.append(result)
         return results
 
 
@@ -195,18 +209,12 @@ class CachedFeatureClassifier:
             x, mask = pad_batch(part, "cpu")
             if logit_head:
                 x = self.model.encoder.bert.classifier(x)
-            logits, chunk_logits = self.model.aggregator(x, mask)
-            for row, (v, out, chunks) in enumerate(zip(part, logits, chunk_logits)):
-                i = start + row
-                results.append(
-                    DocumentResult(
-                        logits=out.float().numpy(),
-                        probabilities=out.float().softmax(-1).numpy(),
-                        chunk_logits=chunks[: len(v)].float().numpy(),
-                        spans=np.zeros((len(v), 2), dtype=np.int64),
-                        num_tokens=int(feats.num_tokens[i]),
-                    )
+            for row, v in enumerate(part):
+                result = document_result(
+                    self.model, x[row : row + 1], mask[row : row + 1], 0, len(v)
                 )
+                result.num_tokens = int(feats.num_tokens[start + row])
+                results.append(result)
         return results
 
 

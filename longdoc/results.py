@@ -32,6 +32,8 @@ class DocumentResult:
     spans: np.ndarray  # [n_chunks, 2] character offsets of each window's body
     num_tokens: int | None = None  # document tokens; None where the source does not say
     total_chunks: int | None = None  # windows in the whole document (before a cap)
+    chunk_weights: np.ndarray | None = None  # [n_chunks, L] each window's weight per label
+    decisions: np.ndarray | None = None  # [L] bool: the labels decided (longdoc.decision)
 
     @property
     def num_chunks(self) -> int:
@@ -39,12 +41,22 @@ class DocumentResult:
 
     @property
     def index(self) -> int:
-        """The predicted label's index."""
+        """The top label's index (the single-label decision)."""
         return int(np.argmax(self.logits))
 
-    def best_chunk(self) -> int:
-        """The window whose score for the predicted label is highest."""
-        return int(np.argmax(self.chunk_logits[:, self.index]))
+    @property
+    def decided(self) -> list[int]:
+        """The indices of the labels decided: multi-label, every label over its threshold
+        (possibly none); single-label, the argmax (also where a source gives no decisions)."""
+        if self.decisions is None:
+            return [self.index]
+        return [int(i) for i in np.flatnonzero(np.asarray(self.decisions))]
+
+    def best_chunk(self, label: int | None = None) -> int:
+        """The decisive window for ``label`` (default: the top label): see ``best_chunk``."""
+        return best_chunk(
+            self.chunk_logits, self.chunk_weights, self.index if label is None else label
+        )
 
 
 class DocumentError(ValueError):
@@ -64,6 +76,17 @@ class Classifier(Protocol):
     labels: list[str]
 
     def classify(self, texts: Sequence[str]) -> list[DocumentResult]: ...
+
+
+def best_chunk(chunk_logits: np.ndarray, chunk_weights: np.ndarray | None, label: int) -> int:
+    """The window that weighs most in ``label``'s document score (``CHUNK_WEIGHTS``: the
+    attention head's learned weight, the maximum's window for logits-max); among windows of
+    equal weight (every window, for the mean heads), the one whose own score is highest."""
+    scores = np.asarray(chunk_logits)[:, label]
+    if chunk_weights is None:
+        return int(np.argmax(scores))
+    weights = np.asarray(chunk_weights)[:, label]
+    return int(np.lexsort((-scores, -weights))[0])
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -29,8 +29,11 @@ from longdoc.contract import (
     AGGREGATOR_INPUT,
     AGGREGATOR_OUTPUTS,
     ATTENTION_MASK,
+    CHUNK_LOGITS,
+    CHUNK_WEIGHTS,
     CHUNKER,
     CHUNKING_FILE,
+    DECISIONS,
     ENCODER,
     ENCODER_OUTPUT,
     ENSEMBLE,
@@ -38,7 +41,9 @@ from longdoc.contract import (
     FP32_FALLBACK_FILE,
     INPUT_IDS,
     LABELS_FILE,
+    LOGITS,
     ONNX_FILE,
+    PROBABILITIES,
     TOKENIZER_FILE,
 )
 from longdoc.machine import serving_int8_kernels
@@ -123,11 +128,12 @@ class OnnxPipeline:
             parts.append(self.encoder.run([ENCODER_OUTPUT], feeds)[0])
         return np.concatenate(parts).astype(np.float32, copy=False)
 
-    def aggregate(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        logits, probabilities, chunk_logits = self.aggregator.run(
+    def aggregate(self, vectors: np.ndarray) -> dict[str, np.ndarray]:
+        """The aggregator's outputs by name (``AGGREGATOR_OUTPUTS``)."""
+        outputs = self.aggregator.run(
             list(AGGREGATOR_OUTPUTS), {AGGREGATOR_INPUT: vectors.astype(np.float32)}
         )
-        return logits, probabilities, chunk_logits
+        return dict(zip(AGGREGATOR_OUTPUTS, outputs, strict=True))
 
     def classify(self, texts: Sequence[str]) -> list[DocumentResult]:
         """``longdoc.results.Classifier``: like the server, windows of all documents with
@@ -153,15 +159,17 @@ class OnnxPipeline:
                 offset += chunked[i].num_chunks
         results = []
         for chunks, vec in zip(chunked, vectors, strict=True):
-            logits, probabilities, chunk_logits = self.aggregate(vec)
+            out = self.aggregate(vec)
             results.append(
                 DocumentResult(
-                    logits,
-                    probabilities,
-                    chunk_logits,
+                    out[LOGITS],
+                    out[PROBABILITIES],
+                    out[CHUNK_LOGITS],
                     chunks.spans,
                     num_tokens=chunks.num_tokens,
                     total_chunks=chunks.total_chunks or chunks.num_chunks,
+                    chunk_weights=out[CHUNK_WEIGHTS],
+                    decisions=out[DECISIONS],
                 )
             )
         return results

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from longdoc import contract
 from longdoc.batch.output import result_schema
 
 CANARY = (
@@ -301,14 +302,14 @@ class LocalEngine:
             )
         vectors = self._encode(chunked)
         for index, chunks in chunked.items():
-            logits, _, chunk_logits = self.pipeline.aggregate(vectors[index])
+            out = self.pipeline.aggregate(vectors[index])
             rows[index] = result_row(
                 columns["id"][index],
                 self.labels,
-                logits,
+                out[contract.LOGITS],
                 chunks.num_chunks,
                 chunks.total_chunks,
-                chunk_logits,
+                out[contract.CHUNK_LOGITS],
                 chunks.spans,
                 explain=self.explain,
             )

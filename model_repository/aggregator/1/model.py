@@ -1,6 +1,7 @@
 """Triton Python backend (`portable` profile): the ONNX pooling head through onnxruntime.
 
-One document per request: chunk vectors [n_chunks, D] -> LOGITS, PROBABILITIES, CHUNK_LOGITS.
+One document per request: chunk vectors [n_chunks, D] -> LOGITS, PROBABILITIES, CHUNK_LOGITS,
+CHUNK_WEIGHTS (FP32, as the graph gives them) and DECISIONS (BOOL).
 
 Reachable directly, like the ensemble: a request without windows (the pooling would answer
 uniform probabilities, a decision from nothing) or with NaN/inf vectors (NaN out) is refused
@@ -55,8 +56,8 @@ class TritonPythonModel:
             responses.append(
                 pb_utils.InferenceResponse(
                     output_tensors=[
-                        pb_utils.Tensor(name, value.astype(np.float32, copy=False))
-                        for name, value in zip(AGGREGATOR_OUTPUTS, outputs)
+                        pb_utils.Tensor(name, value)
+                        for name, value in zip(AGGREGATOR_OUTPUTS, outputs, strict=True)
                     ]
                 )
             )
