@@ -7,6 +7,19 @@ retries with exponential backoff only while the server did not run the request
 client's own deadline), and errors reported per document: one bad document never fails the
 batch.
 
+Two ways in: ``classify(texts)`` (a whole list; ``aclassify`` in a running event loop), or
+one document at a time in a session that holds the connection and the model's outputs::
+
+    async with client.session(concurrency=8) as session:
+        result = await session.classify_one("doc-1", text)   # a Classification
+        alive = await session.ready()                         # the server's readiness
+
+Each ``Classification`` carries ``labels`` (the decided label names: the server's
+``DECISIONS``, every label over its threshold for a multi-label model, the top label for a
+single-label one), ``label`` (the top label), ``probabilities`` (label -> p: softmax, or
+each label's sigmoid for a multi-label model), and per window the logits, the weight in
+each label's score (``CHUNK_WEIGHTS``) and the character span.
+
 tritonclient and numpy only: ``longdoc[client]`` is enough to import and use it.
 """
 
@@ -22,15 +35,20 @@ import numpy as np
 from longdoc.client import transport
 
 from longdoc import contract
-from longdoc.results import DocumentError, DocumentResult
+from longdoc.results import DocumentError, DocumentResult, best_chunk
 
 MODEL = contract.ENSEMBLE
+# Requested as raw tensors where the model has them (a repository exported before
+# CHUNK_WEIGHTS/DECISIONS existed is still served: those answers fall back to the argmax);
+# PROBABILITIES comes through the classification extension (label names).
 RAW_OUTPUTS = (
     contract.LOGITS,
     contract.NUM_CHUNKS,
     contract.TOTAL_CHUNKS,
     contract.CHUNK_LOGITS,
     contract.CHUNK_SPANS,
+    contract.CHUNK_WEIGHTS,
+    contract.DECISIONS,
 )
 
 
@@ -39,14 +57,20 @@ class Classification:
     """One document's answer (or its error)."""
 
     id: str
-    label: str | None = None
+    label: str | None = None  # the top label (largest logit)
+    labels: list[str] = field(default_factory=list)  # the decided labels (DECISIONS)
     probabilities: dict[str, float] = field(default_factory=dict)  # label -> p, all labels
-    logits: np.ndarray | None = None  # [L], label order of `labels`
+    logits: np.ndarray | None = None  # [L], label order of `label_names`
     num_chunks: int = 0  # windows read
     total_chunks: int = 0  # windows in the document (more than read only under a --max-chunks cap)
     chunk_logits: np.ndarray | None = None  # [n_chunks, L]
     chunk_spans: np.ndarray | None = None  # [n_chunks, 2] character offsets
-    labels: list[str] = field(default_factory=list)
+    chunk_weights: np.ndarray | None = None  # [n_chunks, L] each window's weight per label
+    decisions: np.ndarray | None = None  # [L] bool, label order of `label_names`
+    label_names: list[str] = field(default_factory=list)  # every served label, in order
+    # the served model's problem, from its config (None where the model-config API did not
+    # answer, e.g. restricted: then a document with other than one decided label says so)
+    multi_label: bool | None = None
     error: str | None = None
     attempts: int = 0
     latency_s: float = 0.0
@@ -58,10 +82,19 @@ class Classification:
     def top(self, k: int) -> list[tuple[str, float]]:
         return sorted(self.probabilities.items(), key=lambda kv: -kv[1])[:k]
 
-    def best_chunk(self) -> int:
-        """The window whose score for the predicted label is highest."""
-        label_index = self.labels.index(self.label)
-        return int(np.argmax(self.chunk_logits[:, label_index]))
+    @property
+    def is_multi_label(self) -> bool:
+        if self.multi_label is not None:
+            return self.multi_label
+        return len(self.labels) != 1 or self.labels[0] != self.label
+
+    def best_chunk(self, label: str | None = None) -> int:
+        """The decisive window for ``label`` (default: the top label): the one that weighs
+        most in that label's score (``CHUNK_WEIGHTS``: the attention head's weight, the
+        maximum's window for logits-max), ties broken by the window's own score
+        (``longdoc.results.best_chunk``)."""
+        index = self.label_names.index(self.label if label is None else label)
+        return best_chunk(self.chunk_logits, self.chunk_weights, index)
 
 
 class ServerUnavailable(RuntimeError):
@@ -127,18 +160,34 @@ class DocumentClassifierClient:
     def _connect(self, concurrency: int = 8):
         return transport.aio_client(self.protocol, self.url, self.timeout_s, concurrency)
 
-    async def _num_labels(self, client) -> int:
+    async def _output_shapes(self, client) -> dict[str, list[int]]:
+        """The model's outputs (name -> shape) from its metadata."""
         meta = await client.get_model_metadata(self.model, headers=self.headers)
         shapes = transport.output_shapes(transport.metadata_dict(meta))
         if contract.LOGITS not in shapes:
             raise RuntimeError(f"model {self.model} has no {contract.LOGITS} output")
-        return int(shapes[contract.LOGITS][-1])
+        return shapes
 
-    def _request(self, text: bytes, num_labels: int):
+    async def _multi_label(self, client) -> bool | None:
+        """The problem named in the model's config (``contract.PARAM_DECISION``); None where the
+        config cannot be read (restricted API, an export without the parameter)."""
+        import json
+
+        try:
+            ask = client.get_model_config(self.model, headers=self.headers)
+            config = await asyncio.wait_for(ask, timeout=min(self.timeout_s, 30.0))
+            if not isinstance(config, dict):
+                from google.protobuf.json_format import MessageToDict
+
+                config = MessageToDict(config, preserving_proto_field_name=True)
+            config = config.get("config", config)
+            value = config["parameters"][contract.PARAM_DECISION]["string_value"]
+            return json.loads(value)["problem"] == "multi-label"
+        except Exception:
+            return None
+
+    def _request(self, text: bytes, shapes: dict[str, list[int]]):
         module = self._module()
-        shapes = {name: [] for name in RAW_OUTPUTS}
-        shapes[contract.LOGITS] = [num_labels]
-        shapes[contract.PROBABILITIES] = [num_labels]
         return [transport.text_input(module, text)], transport.requested_outputs(
             module, shapes, RAW_OUTPUTS
         )
@@ -169,10 +218,12 @@ class DocumentClassifierClient:
                 await asyncio.sleep(delay)
                 attempt += 1
 
-    async def _infer_one(self, client, doc_id: str, text: bytes, num_labels: int):
-        result = Classification(id=doc_id)
+    async def _infer_one(
+        self, client, doc_id: str, text: bytes, shapes: dict, multi_label: bool | None = None
+    ):
+        result = Classification(id=doc_id, multi_label=multi_label)
         started = time.perf_counter()
-        inputs, outputs = self._request(text, num_labels)
+        inputs, outputs = self._request(text, shapes)
 
         def count(n: int) -> None:
             result.attempts = n
@@ -190,6 +241,11 @@ class DocumentClassifierClient:
         return result
 
     # -- public API --------------------------------------------------------------------
+    def session(self, concurrency: int = 8) -> ClientSession:
+        """A connection for classifying documents one at a time (``ClientSession``), at
+        most ``concurrency`` in flight; use it as ``async with client.session() as s``."""
+        return ClientSession(self, concurrency)
+
     async def aclassify(
         self,
         texts: Sequence[str | bytes],
@@ -198,26 +254,15 @@ class DocumentClassifierClient:
         on_result: Callable[[Classification], None] | None = None,
     ) -> list[Classification]:
         ids = list(ids) if ids is not None else [str(i) for i in range(len(texts))]
-        client = self._connect(concurrency)
-        try:
-            num_labels = await self._with_retries(lambda: self._num_labels(client))
-            gate = asyncio.Semaphore(max(1, concurrency))
+        async with self.session(concurrency) as session:
 
             async def one(doc_id, text):
-                try:
-                    data = encode_text(text)
-                except ValueError as exc:  # this document fails, the others go on
-                    result = Classification(id=doc_id, error=str(exc))
-                else:
-                    async with gate:
-                        result = await self._infer_one(client, doc_id, data, num_labels)
+                result = await session.classify_one(doc_id, text)
                 if on_result:
                     on_result(result)
                 return result
 
             return list(await asyncio.gather(*(one(i, t) for i, t in zip(ids, texts))))
-        finally:
-            await client.close()
 
     def classify(
         self,
@@ -246,6 +291,80 @@ class DocumentClassifierClient:
             raise ServerUnavailable(f"{self.protocol}://{self.url}: {message}") from exc
 
 
+class ClientSession:
+    """One connection to the server, for documents sent one at a time (the batch engine,
+    an application's own loop); ``DocumentClassifierClient.session`` makes one.
+
+    ``open()`` (or ``async with``) connects and reads the model's outputs, retried until the
+    client's deadline, else ``ServerUnavailable``; ``classify_one`` opens it when needed.
+    ``classify_one(doc_id, text)`` returns the document's ``Classification`` with the
+    client's retry rule and deadline; its failures are in ``error``, never raised (only
+    ``ServerUnavailable`` when the model's metadata cannot be read). At most
+    ``concurrency`` documents are in flight; ``ready()`` asks whether the server is ready
+    (False for any failure). ``close()`` ends the connection (the session can be opened
+    again)."""
+
+    def __init__(self, client: DocumentClassifierClient, concurrency: int = 8) -> None:
+        self.client = client
+        self.concurrency = max(1, concurrency)
+        self._connection = None
+        self._shapes: dict[str, list[int]] | None = None
+        self._multi_label: bool | None = None
+        self._gate = asyncio.Semaphore(self.concurrency)
+        self._opening = asyncio.Lock()  # documents arriving together read the metadata once
+
+    def _connected(self):
+        if self._connection is None:
+            self._connection = self.client._connect(self.concurrency)
+        return self._connection
+
+    async def open(self) -> ClientSession:
+        connection = self._connected()
+        async with self._opening:
+            if self._shapes is None:
+                client = self.client
+                shapes = await client._with_retries(lambda: client._output_shapes(connection))
+                self._multi_label = await client._multi_label(connection)
+                self._shapes = shapes
+        return self
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            await connection.close()
+
+    async def __aenter__(self) -> ClientSession:
+        try:
+            return await self.open()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()
+
+    async def classify_one(self, doc_id: str, text: str | bytes) -> Classification:
+        """One document's answer (or its error)."""
+        try:
+            data = encode_text(text)
+        except ValueError as exc:  # this document fails, nothing is sent
+            return Classification(id=doc_id, error=str(exc))
+        await self.open()
+        async with self._gate:
+            return await self.client._infer_one(
+                self._connected(), doc_id, data, self._shapes, self._multi_label
+            )
+
+    async def ready(self, timeout_s: float = 3.0) -> bool:
+        """Whether the server says it is ready within ``timeout_s`` (False on any error)."""
+        try:
+            connection = self._connected()
+            ready = connection.is_server_ready(headers=self.client.headers)
+            return bool(await asyncio.wait_for(ready, timeout_s))
+        except Exception:  # refused, reset, timed out: all mean not ready
+            return False
+
+
 class ServerClassifier:
     """A running server as the classifier interface (``longdoc.results.Classifier``):
     ``classify(texts)`` returns ``DocumentResult``s, as the in-process implementations do,
@@ -272,20 +391,22 @@ class ServerClassifier:
         for index, answer in enumerate(answers):
             if not answer.ok:
                 raise DocumentError(index, f"the server refused it: {answer.error}")
-            self._labels = self._labels or answer.labels
+            self._labels = self._labels or answer.label_names
             results.append(to_result(answer))
         return results
 
 
 def to_result(answer: Classification) -> DocumentResult:
     """A successful ``Classification`` as the interface's ``DocumentResult``."""
-    probabilities = np.asarray([answer.probabilities[label] for label in answer.labels])
+    probabilities = np.asarray([answer.probabilities[label] for label in answer.label_names])
     return DocumentResult(
         logits=np.asarray(answer.logits, dtype=np.float32),
         probabilities=probabilities.astype(np.float32),
         chunk_logits=np.asarray(answer.chunk_logits, dtype=np.float32),
         spans=np.asarray(answer.chunk_spans, dtype=np.int64),
         total_chunks=answer.total_chunks,
+        chunk_weights=answer.chunk_weights,
+        decisions=answer.decisions,
     )
 
 
@@ -303,10 +424,16 @@ def _fill(result: Classification, response) -> None:
         labels[int(index)] = label
         probabilities[label] = float(value)
     result.logits = logits
-    result.labels = labels
+    result.label_names = labels
     result.probabilities = probabilities
     result.label = labels[int(np.argmax(logits))]
     result.num_chunks = int(response.as_numpy(contract.NUM_CHUNKS).reshape(-1)[0])
     result.total_chunks = int(response.as_numpy(contract.TOTAL_CHUNKS).reshape(-1)[0])
     result.chunk_logits = response.as_numpy(contract.CHUNK_LOGITS)
     result.chunk_spans = response.as_numpy(contract.CHUNK_SPANS)
+    result.chunk_weights = response.as_numpy(contract.CHUNK_WEIGHTS)  # None: not served
+    decisions = response.as_numpy(contract.DECISIONS)
+    if decisions is None:  # a repository exported before DECISIONS: the argmax decides
+        decisions = np.arange(len(labels)) == int(np.argmax(logits))
+    result.decisions = np.asarray(decisions, dtype=bool).reshape(-1)
+    result.labels = [labels[int(i)] for i in np.flatnonzero(result.decisions)]

@@ -35,9 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="classify documents with a running server",
         description=(
             "Send documents to the document_classifier ensemble and print one JSON line per "
-            "document on stdout: id, label, probabilities, num_chunks (windows read),"
-            " total_chunks (windows in the document) and, with --explain, the "
-            "passage with the highest chunk score. A document that cannot be read or sent "
+            "document on stdout: id, label (the top label), labels (the decided labels: "
+            "one, or for a multi-label model every label over its threshold), probabilities, "
+            "num_chunks (windows read), total_chunks (windows in the document) and, with "
+            "--explain, the decisive passage (the window with the largest weight in the "
+            "label's score; for a multi-label model a list, one per decided label). A "
+            "document that cannot be read or sent "
             "(e.g. JSON text with a lone surrogate) or that the server refuses gets an "
             '"error" line; the others are classified. Exits 1 if any document failed, 3 if '
             "the server could not be reached (nothing was classified)."
@@ -48,7 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_server_args(p)
     p.add_argument("--concurrency", type=int, default=8, help="documents in flight")
     p.add_argument("--top-k", type=int, default=None, help="probabilities to print (default: all)")
-    p.add_argument("--explain", action="store_true", help="print the decisive passage")
+    p.add_argument(
+        "--explain", action="store_true", help="print the decisive passage of each decided label"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument(
         "--max-bytes",
@@ -162,26 +167,45 @@ def _printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def _explanation(result, label: str, decoded: str) -> dict:
+    """The decisive window for ``label`` (``Classification.best_chunk``: the largest
+    CHUNK_WEIGHTS, the attention head's own choice; ties by the window's score)."""
+    index = result.best_chunk(label)
+    column = result.label_names.index(label)
+    start, end = (int(v) for v in result.chunk_spans[index])
+    out = {
+        "chunk": index,
+        "span": [start, end],
+        "score": float(result.chunk_logits[index, column]),
+        "passage": decoded[start:end],
+        "label": label,
+    }
+    if result.chunk_weights is not None:
+        out["weight"] = float(result.chunk_weights[index, column])
+    return out
+
+
 def to_record(result, text: bytes | str, top_k: int | None, explain: bool) -> dict:
+    """One document's JSON line: ``label`` (the top label), ``labels`` (the decided ones:
+    one for a single-label model, zero or more for a multi-label one), ``probabilities``
+    (softmax, or each label's sigmoid). ``--explain``: single-label, one passage (an
+    object); multi-label, a list with one passage per decided label."""
     if not result.ok:
         return {"id": result.id, "error": result.error}
     record = {
         "id": result.id,
         "label": result.label,
+        "labels": list(result.labels),
         "probabilities": dict(result.top(top_k or len(result.probabilities))),
         "num_chunks": result.num_chunks,
         "total_chunks": result.total_chunks,
     }
     if explain:
-        index = result.best_chunk()
-        start, end = (int(v) for v in result.chunk_spans[index])
         decoded = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
-        record["explain"] = {
-            "chunk": index,
-            "span": [start, end],
-            "score": float(result.chunk_logits[index, result.labels.index(result.label)]),
-            "passage": decoded[start:end],
-        }
+        if result.is_multi_label:
+            record["explain"] = [_explanation(result, label, decoded) for label in result.labels]
+        else:
+            record["explain"] = _explanation(result, result.label, decoded)
     return record
 
 

@@ -8,6 +8,13 @@ document logits:
   classifier (logits of order 1-5) over the parity documents, then given headroom; see
   README.md "Precision and parity" for the measured values.
 
+The decision rule is checked too: PROBABILITIES (softmax, or the sigmoids of a multi-label
+model) and CHUNK_WEIGHTS are reported as max |delta|, and the graph's DECISIONS (thresholds
+baked in at export) must equal the reference's ``Decision.decide``; a flipped decision is
+only accepted where the reference itself sits on the edge (single-label: top two logits
+within twice the tolerance; multi-label: a probability within the tolerance of its
+threshold).
+
 The bounds are ``longdoc.presets.TOLERANCES`` (re-exported here as ``TOLERANCES``): the
 GPU checks compare against the same numbers without importing onnxruntime.
 """
@@ -45,6 +52,10 @@ class ParityReport:
     tolerance: float
     passed: bool
     checked: str = ""  # which graph ran (the precision above is that graph's)
+    problem: str = "single-label"  # the decision rule checked (longdoc.decision)
+    max_abs_probabilities: float = 0.0
+    max_abs_chunk_weights: float = 0.0
+    decisions_agreement: float = 1.0  # documents whose decided label sets are equal
 
     def summary(self) -> str:
         return (
@@ -52,7 +63,9 @@ class ParityReport:
             f"{self.documents} documents ({min(self.chunks)}-"
             f"{max(self.chunks)} chunks), max |delta logits| {self.max_abs_logits:.3g} "
             f"(tolerance {self.tolerance:g}), max |delta chunk logits| "
-            f"{self.max_abs_chunk_logits:.3g}, argmax agreement {self.argmax_agreement:.0%}"
+            f"{self.max_abs_chunk_logits:.3g}, argmax agreement {self.argmax_agreement:.0%}, "
+            f"{self.problem} decisions agreement {self.decisions_agreement:.0%} (max |delta "
+            f"probabilities| {self.max_abs_probabilities:.3g})"
             f" -> {'PASS' if self.passed else 'FAIL'}"
         )
 
@@ -96,7 +109,31 @@ def check(
     # A flipped decision is only acceptable where the reference itself is undecided: its
     # top two logits closer than the drift allowed on each.
     explained = all(s or _margin(e.logits) <= 2 * tolerance for s, e in zip(same, expected))
-    passed = delta <= tolerance and explained
+    decision = model.decision
+    delta_probabilities = max(
+        float(np.abs(e.probabilities - g.probabilities).max()) for e, g in zip(expected, got)
+    )
+    delta_weights = max(
+        float(np.abs(e.chunk_weights - g.chunk_weights).max()) for e, g in zip(expected, got)
+    )
+    equal = [
+        bool(np.array_equal(e.decisions, np.asarray(g.decisions, dtype=bool)))
+        for e, g in zip(expected, got)
+    ]
+    if decision.multi_label:
+        thresholds = np.asarray(decision.thresholds, dtype=np.float32)
+        on_edge = [
+            bool(
+                (np.abs(e.probabilities - thresholds) <= tolerance)[
+                    e.decisions != g.decisions
+                ].all()
+            )
+            for e, g in zip(expected, got)
+        ]
+    else:
+        on_edge = [_margin(e.logits) <= 2 * tolerance for e in expected]
+    decisions_explained = all(s or edge for s, edge in zip(equal, on_edge))
+    passed = delta <= tolerance and explained and decisions_explained
     return ParityReport(
         precision,
         len(texts),
@@ -107,4 +144,8 @@ def check(
         tolerance,
         passed,
         checked,
+        decision.problem,
+        delta_probabilities,
+        delta_weights,
+        float(np.mean(equal)),
     )

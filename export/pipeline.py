@@ -4,6 +4,10 @@ The export report, ``export_report.json`` at the repository root (``REPORT_FORMA
 
 * ``format``: this layout's version;
 * ``source``, ``head``, ``labels``: the model;
+* ``decision``: how logits become labels (``longdoc.decision.Decision.to_dict``: ``problem``
+  single-label or multi-label, ``kind``, multi-label ``thresholds`` in label order), baked
+  into the aggregator graph (its ``DECISIONS`` output) and written next to ``labels.txt`` as
+  ``document_classifier/decision.json``;
 * ``precision``: the encoder precision served (``fp16`` with ``--tensorrt`` means TensorRT
   FP16 engines built from the plain FP32 file); ``profile``; ``tensorrt``;
 * ``chunking``: ``chunker/1/chunking.json`` (max_length, overlap, max_chunks, overflow,
@@ -45,7 +49,13 @@ from longdoc.export.graph import onnx_facts
 from longdoc import machine
 from longdoc.checkpoint import LoadedModel, load_checkpoint, load_preset
 from longdoc.chunking import ChunkingConfig
-from longdoc.contract import AGGREGATOR, ENCODER, EXPORT_REPORT, FP32_FALLBACK_FILE, ONNX_FILE
+from longdoc.contract import (
+    AGGREGATOR,
+    ENCODER,
+    EXPORT_REPORT,
+    FP32_FALLBACK_FILE,
+    ONNX_FILE,
+)
 
 REPORT_FORMAT = 1
 
@@ -151,7 +161,10 @@ def run(spec: ExportSpec, log=print) -> dict:
     log("exporting aggregator to ONNX (FP32)...")
     to_onnx.export_aggregator(model, aggregator_path)
     repository.write_chunker_files(out, model.tokenizer_path, model.chunking)
-    served = repository.write_configs(out, serving, model.vector_size, model.labels, model.chunking)
+    # labels.txt and decision.json (the served thresholds, inspectable) in the ensemble
+    served = repository.write_configs(
+        out, serving, model.vector_size, model.labels, model.chunking, model.decision
+    )
     encoder_facts = onnx_facts(encoder_path)
 
     report: dict = {
@@ -159,6 +172,7 @@ def run(spec: ExportSpec, log=print) -> dict:
         "source": model.source,
         "head": model.head,
         "labels": model.labels,
+        "decision": model.decision.to_dict(),
         "precision": spec.precision,
         "profile": spec.profile,
         "tensorrt": serving.tensorrt,
@@ -212,7 +226,9 @@ def run(spec: ExportSpec, log=print) -> dict:
         raise parity.ParityError(
             f"parity failed: max |delta logits| {report['parity']['max_abs_logits']:.3g} > "
             f"{report['parity']['tolerance']:g} or argmax agreement "
-            f"{report['parity']['argmax_agreement']:.0%} too low (report: {out}/{EXPORT_REPORT})"
+            f"{report['parity']['argmax_agreement']:.0%} / decisions agreement "
+            f"{report['parity']['decisions_agreement']:.0%} too low "
+            f"(report: {out}/{EXPORT_REPORT})"
         )
     fallback_parity = report.get("int8", {}).get("fp32_fallback_parity")
     if fallback_parity and not fallback_parity["passed"]:

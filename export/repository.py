@@ -15,6 +15,7 @@ comment line pointing at docs/GPU.md, where the reasons for the numbers are.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -53,6 +54,7 @@ from longdoc.contract import (
     MODELS,
     NUM_CHUNKS,
     ONNX_FILE,
+    PARAM_DECISION,
     PARAM_ENCODER_MODEL,
     PARAM_INFLIGHT_SLICES,
     PARAM_MAX_WINDOWS,
@@ -68,6 +70,7 @@ from longdoc.contract import (
     TOKENIZER_FILE,
     TOTAL_CHUNKS,
 )
+from longdoc.decision import Decision, save_decision
 
 __all__ = ["ServingOptions", "Sizing", "build_configs", "write_chunker_files", "write_configs"]
 
@@ -276,9 +279,14 @@ def label_output_dims(num_labels: int) -> dict:
     }
 
 
-def ensemble_config(sizing: Sizing, num_labels: int) -> mc.ModelConfig:
+def ensemble_config(
+    sizing: Sizing, num_labels: int, decision: Decision | None = None
+) -> mc.ModelConfig:
     cfg = mc.ModelConfig(name=ENSEMBLE, platform="ensemble", max_batch_size=0)
     _inputs(cfg, [(TEXT, [1])])
+    decision = decision or Decision()
+    decision.check_labels(num_labels)
+    _params(cfg, {PARAM_DECISION: json.dumps(decision.to_dict(), sort_keys=True)})
     dims = {**ENSEMBLE_OUTPUT_DIMS, **label_output_dims(num_labels)}
     _outputs(cfg, [(name, dims[name]) for name in ENSEMBLE_OUTPUTS], {LOGITS, PROBABILITIES})
     if sizing.response_cache:
@@ -345,8 +353,10 @@ def build_configs(
     num_labels: int,
     chunking: ChunkingConfig,
     aggregator_facts: dict | None = None,
+    decision: Decision | None = None,
 ) -> tuple[Sizing, dict[str, mc.ModelConfig]]:
-    """The sizing and the five config messages, by model name."""
+    """The sizing and the five config messages, by model name; ``decision``: the rule baked
+    into the aggregator (default single-label), named in the ensemble's parameters."""
     if opts.profile not in PROFILES:
         raise ValueError(f"profile must be one of {PROFILES} (got {opts.profile!r})")
     opts = opts.resolved()
@@ -356,15 +366,22 @@ def build_configs(
         DISPATCHER: dispatcher_config(sizing, vector_size, chunking),
         ENCODER: encoder_config(sizing, opts, vector_size, chunking),
         AGGREGATOR: aggregator_config(sizing, vector_size, num_labels),
-        ENSEMBLE: ensemble_config(sizing, num_labels),
+        ENSEMBLE: ensemble_config(sizing, num_labels, decision),
     }
 
 
 def write_configs(
-    repo: Path, opts: ServingOptions, vector_size: int, labels: list[str], chunking: ChunkingConfig
+    repo: Path,
+    opts: ServingOptions,
+    vector_size: int,
+    labels: list[str],
+    chunking: ChunkingConfig,
+    decision: Decision | None = None,
 ) -> Sizing:
     """All five config.pbtxt files and the Python-backend sources the profile needs; returns
-    the sizing they were built from (the export report's ``serving``).
+    the sizing they were built from (the export report's ``serving``). ``labels.txt`` and
+    ``decision.json`` (``decision``, default single-label: the rule baked into the
+    aggregator graph) go to the ensemble folder, so the served thresholds are inspectable.
 
     Reads the encoder/aggregator ONNX files when they are already in place (precision,
     size): the gpu profile refuses an INT8 encoder, and a fused graph under TensorRT."""
@@ -373,13 +390,17 @@ def write_configs(
         (repo / name / "1").mkdir(parents=True, exist_ok=True)
     encoder_facts = onnx_facts(repo / ENCODER / "1" / ONNX_FILE)
     aggregator_facts = onnx_facts(repo / AGGREGATOR / "1" / ONNX_FILE)
-    sizing, configs = build_configs(opts, vector_size, len(labels), chunking, aggregator_facts)
+    decision = decision or Decision()
+    sizing, configs = build_configs(
+        opts, vector_size, len(labels), chunking, aggregator_facts, decision
+    )
     _check_gpu_encoder(sizing, encoder_facts)
     for name, cfg in configs.items():
         (repo / name / CONFIG_FILE).write_text(render(cfg, sizing))
     label_text = "\n".join(labels) + "\n"
     (repo / ENSEMBLE / LABELS_FILE).write_text(label_text)
     (repo / AGGREGATOR / LABELS_FILE).write_text(label_text)
+    save_decision(repo / ENSEMBLE, decision)
 
     python_models = [name for name, cfg in configs.items() if cfg.backend == "python"]
     for name in MODELS:

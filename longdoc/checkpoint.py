@@ -180,8 +180,8 @@ def load_checkpoint(
         head = spec["head"] if spec else ("logits-mean" if is_classifier else None)
     if head is None:
         raise ValueError(
-            f"{path} is a bare encoder: give --head mean-pool|transformer with a head file "
-            f"({HEAD_JSON} + {HEAD_WEIGHTS}) or --random-head"
+            f"{path} is a bare encoder: give --head mean-pool|transformer|attention with a "
+            f"head file ({HEAD_JSON} + {HEAD_WEIGHTS}) or --random-head"
         )
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")

@@ -92,6 +92,9 @@ PARAM_INFLIGHT_SLICES = "inflight_slices"  # dispatcher: encoder requests out pe
 # dispatcher and portable encoder: the window lengths (comma-separated seq_buckets) and the
 # windows per document (max_windows) the export allows; other requests are refused.
 PARAM_SEQ_LENGTHS = "seq_lengths"
+# ensemble: its decision rule (longdoc.decision.Decision as JSON), so a client reading the
+# model's config knows the problem and the thresholds behind DECISIONS.
+PARAM_DECISION = "decision"
 PARAM_MAX_WINDOWS = "max_windows"
 # Metadata of the encoder ONNX graph (export.to_onnx): what the portable encoder checks ids
 # and window lengths against.

@@ -4,8 +4,13 @@ Three layouts, one list of :class:`Example`:
 
 * a folder per label: ``DIR/<label>/*.txt`` (what ``longdoc data kernel-docs`` writes for
   each split);
-* JSON Lines: one ``{"text": ..., "label": ...}`` object per line (``"id"`` optional);
-* CSV with a header holding ``text`` and ``label`` columns (``id`` optional).
+* JSON Lines: one ``{"text": ..., "label": ...}`` object per line (``"id"`` optional), or
+  ``{"text": ..., "labels": [...]}`` for multi-label data;
+* CSV with a header holding ``text`` and ``label`` columns (``id`` optional), or a
+  ``labels`` column (``|``-separated) for multi-label data.
+
+Single-label or multi-label is a property of the whole file: a file that mixes ``label``
+and ``labels`` rows is refused. The folder layout is single-label only.
 
 Every problem with the data is a :class:`DataError` whose message names the file (and line).
 
@@ -13,7 +18,8 @@ The corpus: Debian's ``linux-doc-6.1`` package, ``Documentation/**/*.rst.gz``, l
 top-level folder; what gives the label away (SPDX lines, ``Documentation/<folder>/`` paths,
 ``:doc:``/``:ref:`` targets, ``.. _label:`` anchors, include paths) is removed; content is
 deduplicated by hash; the split is a hash of the path (deterministic); a manifest records
-the document list's checksum.
+the document list's checksum. The multi-label corpus built from the same package (labels:
+the MAINTAINERS entries covering each file) is :mod:`longdoc.maintainers`.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from longdoc.cli_options import UsageError, add_output_arg, existing_file
+from longdoc.contract import PROBLEMS
 
 SPLITS = ("train", "validation", "test")
 KERNEL_DOCS_PACKAGE = "linux-doc-6.1"
@@ -99,11 +106,52 @@ def _check_text(text: object, where: str) -> str:
 
 def _check_label(label: object, where: str) -> str:
     if not isinstance(label, str | int) or not str(label).strip():
-        raise DataError(f"{where}: missing or empty 'label'")
+        raise DataError(f"{where}: missing or empty 'label' (or 'labels', for multi-label data)")
     return str(label).strip()
 
 
+def _check_labels(labels: object, where: str) -> tuple[str, ...]:
+    """A multi-label row's labels: a non-empty list of non-empty strings, duplicates
+    collapsed, sorted. ``|`` is refused inside a label (it joins them in ``Example.label``)."""
+    if not isinstance(labels, list):
+        raise DataError(f"{where}: 'labels' must be a list (got {type(labels).__name__})")
+    if not labels:
+        raise DataError(f"{where}: 'labels' is empty (a document needs at least one label)")
+    found = set()
+    for label in labels:
+        if not isinstance(label, str | int) or not str(label).strip():
+            raise DataError(f"{where}: 'labels' holds a missing or empty label ({label!r})")
+        if "|" in str(label):
+            raise DataError(f"{where}: label {label!r} contains '|' (it separates labels)")
+        found.add(str(label).strip())
+    return tuple(sorted(found))
+
+
+def _multi(example_id: str, text: str, labels: tuple[str, ...], where: str) -> Example:
+    return Example(example_id, text, "|".join(labels), where, labels)
+
+
+class _Kind:
+    """Refuses a file that mixes single-label and multi-label rows, naming the first row
+    that differs from the file's first row."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.first: tuple[bool, int] | None = None
+
+    def check(self, multi: bool, number: int) -> None:
+        if self.first is None:
+            self.first = (multi, number)
+        elif multi != self.first[0]:
+            kinds = {True: "multi-label ('labels')", False: "single-label ('label')"}
+            raise DataError(
+                f"{self.path}:{number}: a {kinds[multi]} row in a file whose first row "
+                f"(line {self.first[1]}) is {kinds[self.first[0]]}; a file holds one kind"
+            )
+
+
 def read_folder(root: Path) -> list[Example]:
+    """Single-label only: ``root/<label>/*.txt``."""
     examples = []
     folders = sorted(p for p in root.iterdir() if p.is_dir())
     if not folders:
@@ -124,6 +172,7 @@ def read_jsonl(path: Path) -> list[Example]:
     raw = path.read_bytes()
     if not raw.strip():
         raise DataError(f"{path}: the file is empty")
+    kind = _Kind(path)
     for number, line in enumerate(raw.split(b"\n"), start=1):
         where = f"{path}:{number}"
         if not line.strip():
@@ -135,8 +184,17 @@ def read_jsonl(path: Path) -> list[Example]:
         if not isinstance(record, dict):
             raise DataError(f"{where}: expected a JSON object with 'text' and 'label'")
         text = _check_text(record.get("text"), where)
-        label = _check_label(record.get("label"), where)
-        examples.append(Example(str(record.get("id", f"{path.name}:{number}")), text, label, where))
+        example_id = str(record.get("id", f"{path.name}:{number}"))
+        if "labels" in record:
+            if "label" in record:
+                raise DataError(f"{where}: a row has 'label' or 'labels', not both")
+            labels = _check_labels(record["labels"], where)
+            kind.check(True, number)
+            examples.append(_multi(example_id, text, labels, where))
+        else:
+            label = _check_label(record.get("label"), where)
+            kind.check(False, number)
+            examples.append(Example(example_id, text, label, where))
     return examples
 
 
@@ -147,19 +205,39 @@ def read_csv(path: Path) -> list[Example]:
     text = _decode(raw, str(path))
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    if not reader.fieldnames or not {"text", "label"} <= set(reader.fieldnames):
-        raise DataError(f"{path}: the header must name 'text' and 'label' columns")
+    columns = set(reader.fieldnames or ())
+    if {"label", "labels"} <= columns:
+        raise DataError(f"{path}: the header names both 'label' and 'labels'; keep one")
+    if "text" not in columns or not columns & {"label", "labels"}:
+        raise DataError(
+            f"{path}: the header must name 'text' and 'label' columns "
+            f"(or 'text' and 'labels', '|'-separated, for multi-label data)"
+        )
+    multi = "labels" in columns
     examples = []
     for number, row in enumerate(reader, start=2):
         where = f"{path}:{number}"
         body = _check_text(row.get("text"), where)
-        label = _check_label(row.get("label"), where)
-        examples.append(Example(str(row.get("id") or f"{path.name}:{number}"), body, label, where))
+        example_id = str(row.get("id") or f"{path.name}:{number}")
+        if multi:
+            cell = row.get("labels") or ""
+            if not cell.strip():
+                raise DataError(f"{where}: empty 'labels' (a document needs at least one label)")
+            labels = _check_labels(cell.split("|"), where)
+            examples.append(_multi(example_id, body, labels, where))
+        else:
+            label = _check_label(row.get("label"), where)
+            examples.append(Example(example_id, body, label, where))
     return examples
 
 
-def read_dataset(path: str | Path) -> list[Example]:
-    """Examples from a label-folder tree, a ``.jsonl`` or a ``.csv`` file."""
+def read_dataset(path: str | Path, problem: str | None = None) -> list[Example]:
+    """Examples from a label-folder tree (single-label only), a ``.jsonl`` or a ``.csv`` file.
+
+    ``problem`` (``single-label`` or ``multi-label``) refuses data of the other kind; None
+    takes the kind the data has (see :func:`problem_of`)."""
+    if problem is not None and problem not in PROBLEMS:
+        raise ValueError(f"problem must be one of {', '.join(PROBLEMS)} (got {problem!r})")
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
@@ -173,17 +251,27 @@ def read_dataset(path: str | Path) -> list[Example]:
         raise DataError(f"{path}: unknown format (a folder per label, .jsonl or .csv)")
     if not examples:
         raise DataError(f"{path}: no documents")
+    found = problem_of(examples)
+    if problem is not None and found != problem:
+        how = {
+            "multi-label": "rows with 'labels' lists",
+            "single-label": "one 'label' per document",
+        }
+        raise DataError(
+            f"{path}: {found} data ({how[found]}), but the problem is {problem} ({how[problem]})"
+        )
     return examples
 
 
 def check_training_labels(examples: list[Example], where: str) -> list[str]:
-    """The sorted label set; every label needs at least two documents to be learnt."""
-    counts = Counter(e.label for e in examples)
+    """The sorted label set (multi-label: the union of the label sets); at least two
+    labels, and every label needs at least two documents to be learnt."""
+    counts = Counter(label for e in examples for label in e.label_set)
     if len(counts) < 2:
         raise DataError(f"{where}: needs at least two labels (found {sorted(counts)})")
     for label, count in sorted(counts.items()):
         if count < 2:
-            only = next(e.source for e in examples if e.label == label)
+            only = next(e.source for e in examples if label in e.label_set)
             raise DataError(
                 f"{where}: label {label!r} has only one document ({only}); "
                 f"every label needs at least 2"
@@ -192,19 +280,26 @@ def check_training_labels(examples: list[Example], where: str) -> list[str]:
 
 
 def check_known_labels(examples: list[Example], labels: list[str]) -> None:
+    """Every label of every example (multi-label: of every label set) must be known."""
     known = set(labels)
     for e in examples:
-        if e.label not in known:
-            raise DataError(
-                f"{e.source}: label {e.label!r} is not one the model knows ({', '.join(labels)})"
-            )
+        for label in e.label_set:
+            if label not in known:
+                raise DataError(
+                    f"{e.source}: label {label!r} is not one the model knows ({', '.join(labels)})"
+                )
 
 
 def data_hash(examples: list[Example]) -> str:
-    """Checksum of the document list (ids, labels, contents) in order."""
+    """Checksum of the document list (ids, labels, contents) in order. A multi-label row
+    hashes its label set in a line of its own form (four fields), so that it never equals a
+    single-label row; single-label rows hash as they always have."""
     h = hashlib.sha256()
     for e in examples:
-        h.update(f"{e.id}\t{e.label}\t{e.sha}\n".encode())
+        if e.labels:
+            h.update(f"{e.id}\t{json.dumps(list(e.labels))}\t{e.sha}\tmulti-label\n".encode())
+        else:
+            h.update(f"{e.id}\t{e.label}\t{e.sha}\n".encode())
     return h.hexdigest()
 
 
@@ -235,36 +330,49 @@ def split_of(path: str) -> str:
     return SPLITS[0] if value < SPLIT_CUTS[0] else SPLITS[1] if value < SPLIT_CUTS[1] else SPLITS[2]
 
 
-def iter_rst_members(deb: Path):
-    """``(path under Documentation/, gzipped bytes)`` for every .rst.gz in the package."""
+def iter_deb_members(deb: Path, select):
+    """``(key, bytes)`` for every regular file of the package for which ``select(name)``
+    gives a key (None skips the file), streamed through ``dpkg-deb --fsys-tarfile``."""
     proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
     try:
         with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
             for member in tar:
-                name = member.name
-                marker = "/Documentation/"
-                if not member.isfile() or marker not in name or not name.endswith(".rst.gz"):
-                    continue
-                data = tar.extractfile(member).read()
-                yield name.split(marker, 1)[1][: -len(".gz")], data
+                key = select(member.name) if member.isfile() else None
+                if key is not None:
+                    yield key, tar.extractfile(member).read()
     finally:
         proc.stdout.close()
         if proc.wait() != 0:
             raise DataError(f"{deb}: dpkg-deb could not read the package")
 
 
-def collect_kernel_docs(members, min_docs: int = MIN_DOCS_PER_LABEL) -> tuple[list[dict], dict]:
-    """Label, clean, deduplicate and split; returns the documents and drop statistics."""
-    stats = Counter()
+def rst_member_path(name: str) -> str | None:
+    """The path under Documentation/ (``.rst``) of a package's ``.rst.gz`` file, else None."""
+    marker = "/Documentation/"
+    if marker not in name or not name.endswith(".rst.gz"):
+        return None
+    return name.split(marker, 1)[1][: -len(".gz")]
+
+
+def iter_rst_members(deb: Path):
+    """``(path under Documentation/, gzipped bytes)`` for every .rst.gz in the package."""
+    return iter_deb_members(deb, rst_member_path)
+
+
+def clean_members(members, stats: Counter, keep_top_level: bool = False) -> list[dict]:
+    """The documents of ``(path under Documentation/, bytes)`` members, in path order:
+    dropped folders and index pages left out, text cleaned (:func:`clean_rst`), empty
+    texts dropped and content deduplicated (the first path wins); drops counted in
+    ``stats``. Each document: ``path``, ``sha256`` (of the cleaned text), ``text``."""
     seen: set[str] = set()
     docs = []
     for rel, gz in sorted(members):
         stats["files"] += 1
         parts = rel.split("/")
-        if len(parts) < 2:
+        if len(parts) < 2 and not keep_top_level:
             stats["top_level_page"] += 1
             continue
-        if parts[0] in DROPPED_FOLDERS:
+        if len(parts) > 1 and parts[0] in DROPPED_FOLDERS:
             stats[f"folder_{parts[0]}"] += 1
             continue
         if parts[-1] in DROPPED_NAMES:
@@ -280,7 +388,16 @@ def collect_kernel_docs(members, min_docs: int = MIN_DOCS_PER_LABEL) -> tuple[li
             stats["duplicate"] += 1
             continue
         seen.add(digest)
-        docs.append({"path": rel, "label": parts[0], "sha256": digest, "text": text})
+        docs.append({"path": rel, "sha256": digest, "text": text})
+    return docs
+
+
+def collect_kernel_docs(members, min_docs: int = MIN_DOCS_PER_LABEL) -> tuple[list[dict], dict]:
+    """Label, clean, deduplicate and split; returns the documents and drop statistics."""
+    stats = Counter()
+    docs = clean_members(members, stats)
+    for d in docs:
+        d["label"] = d["path"].split("/")[0]
     counts = Counter(d["label"] for d in docs)
     kept = {label for label, n in counts.items() if n >= min_docs}
     stats["small_label_docs"] = sum(n for label, n in counts.items() if label not in kept)
@@ -355,9 +472,10 @@ def build_kernel_docs(output: Path, deb: Path | None = None, min_docs: int = MIN
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "data",
-        help="build a labelled long-document corpus (kernel-docs)",
-        description="Build the Linux kernel documentation corpus: one folder per label and "
-        "split, ready for `longdoc train` and `longdoc evaluate`.",
+        help="build a labelled long-document corpus (kernel-docs, kernel-maintainers)",
+        description="Build a Linux kernel documentation corpus, ready for `longdoc train` and "
+        "`longdoc evaluate`: kernel-docs (single-label, one folder per label and split) or "
+        "kernel-maintainers (multi-label, JSON Lines per split).",
     )
     sub = parser.add_subparsers(dest="corpus", metavar="CORPUS", required=True)
     kd = sub.add_parser("kernel-docs", help="Debian linux-doc-6.1, labelled by folder")
@@ -369,6 +487,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--min-docs", type=int, default=MIN_DOCS_PER_LABEL, help="labels with fewer are dropped"
     )
     kd.set_defaults(func=_run_kernel_docs)
+    from longdoc.maintainers import add_parser
+
+    add_parser(sub)
 
 
 def _run_kernel_docs(args: argparse.Namespace) -> int:

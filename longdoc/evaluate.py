@@ -1,4 +1,5 @@
-"""`longdoc evaluate`: accuracy, macro-F1, per-class figures, confusion matrix, by length.
+"""`longdoc evaluate`: accuracy, macro-F1, per-class figures, confusion matrix, by length
+(multi-label: micro- and macro-F1, subset accuracy, per-label figures, by length).
 
 Three sources, one classifier interface (``longdoc.classifiers.open_classifier``), the same
 decisions:
@@ -18,6 +19,14 @@ token counts (a server, TF-IDF) has them counted here for the length buckets.
 ``accuracy``, ``macro_f1``, ``documents`` and ``by_length`` (up to 512, 513-2048, over 2048
 document tokens), then ``per_class``, ``confusion_matrix``, ``labels`` and one
 ``predictions`` row per document.
+
+Multi-label data (or a multi-label model): the top level holds ``micro_f1``, ``macro_f1``,
+``documents`` and ``by_length``, then ``subset_accuracy``, ``per_label``, ``labels``,
+``problem``, ``thresholds`` (the source's, where it says) and one ``predictions`` row per
+document (``labels`` true, ``predicted`` the decided list, ``logits``); ``report.png`` shows
+each label's F1. The decisions are the classifier's own (``DocumentResult.decided``: the
+thresholds of the checkpoint, of the repository's aggregator, of the server), so every
+source of the same model decides the same way.
 """
 
 from __future__ import annotations
@@ -39,8 +48,23 @@ from longdoc.cli_options import (
     server_kwargs,
 )
 from longdoc.contract import TOKENIZER_FILE
-from longdoc.data import DataError, Example, check_known_labels, data_hash, read_dataset
-from longdoc.metrics import by_length, classification_report, plot_confusion
+from longdoc.data import (
+    DataError,
+    Example,
+    check_known_labels,
+    data_hash,
+    problem_of,
+    read_dataset,
+)
+from longdoc.decision import MULTI_LABEL, SINGLE_LABEL
+from longdoc.metrics import (
+    by_length,
+    classification_report,
+    multilabel_by_length,
+    multilabel_report,
+    plot_confusion,
+    plot_per_label_f1,
+)
 from longdoc.results import Classifier, DocumentError, DocumentResult
 
 REPORT_FILE = "report.json"
@@ -48,15 +72,41 @@ BATCH_DOCS = 16  # documents per classify() call (a progress step)
 
 
 class Predictions:
-    """Per-document logits (label order ``labels``), window counts and token counts."""
+    """Per-document logits (label order ``labels``), window counts, token counts and the
+    classifier's decisions (boolean ``[N, L]``: ``DocumentResult.decided``)."""
 
     def __init__(
-        self, labels: list[str], logits: np.ndarray, num_chunks: list[int], num_tokens=None
+        self,
+        labels: list[str],
+        logits: np.ndarray,
+        num_chunks: list[int],
+        num_tokens=None,
+        decided: np.ndarray | None = None,
     ) -> None:
         self.labels = labels
         self.logits = logits
         self.num_chunks = num_chunks
         self.num_tokens = num_tokens
+        if decided is None:  # the argmax, where the caller gives no decisions
+            decided = np.arange(logits.shape[1]) == logits.argmax(axis=1)[:, None]
+        self.decided = np.asarray(decided, dtype=bool)
+
+
+def decided_matrix(results: list[DocumentResult], num_labels: int) -> np.ndarray:
+    """Boolean ``[N, L]``: the labels each result decided."""
+    out = np.zeros((len(results), num_labels), dtype=bool)
+    for row, result in enumerate(results):
+        out[row, result.decided] = True
+    return out
+
+
+def source_decision(classifier: Classifier):
+    """The decision rule the classifier applies, where it says (a checkpoint's model, the
+    TF-IDF baseline, a pipeline or client exposing ``decision``), else None."""
+    decision = getattr(classifier, "decision", None)
+    if decision is None:
+        decision = getattr(getattr(classifier, "model", None), "decision", None)
+    return decision
 
 
 def predict(
@@ -80,7 +130,8 @@ def predict(
     logits = np.stack([np.asarray(r.logits, dtype=np.float32) for r in results])
     counts = [r.num_chunks for r in results]
     tokens = [r.num_tokens for r in results]
-    return Predictions(list(classifier.labels), logits, counts, tokens)
+    decided = decided_matrix(results, logits.shape[1])
+    return Predictions(list(classifier.labels), logits, counts, tokens, decided)
 
 
 def count_tokens(examples: list[Example], tokenizer_path: Path | None = None) -> list[int]:
@@ -92,10 +143,19 @@ def count_tokens(examples: list[Example], tokenizer_path: Path | None = None) ->
 
 
 def build_report(
-    examples: list[Example], preds: Predictions, num_tokens: list[int], source: str
+    examples: list[Example],
+    preds: Predictions,
+    num_tokens: list[int],
+    source: str,
+    problem: str | None = None,
+    decision=None,
 ) -> dict:
+    """The report of ``preds`` on ``examples``; ``problem`` (default: the data's) picks the
+    single-label or the multi-label form, ``decision`` the thresholds it records."""
     labels = preds.labels
     check_known_labels(examples, labels)
+    if (problem or problem_of(examples)) == MULTI_LABEL:
+        return build_multilabel_report(examples, preds, num_tokens, source, decision)
     index = {label: i for i, label in enumerate(labels)}
     y_true = np.asarray([index[e.label] for e in examples])
     y_pred = preds.logits.argmax(axis=1)
@@ -125,6 +185,48 @@ def build_report(
         ],
     }
     return out
+
+
+def build_multilabel_report(
+    examples: list[Example], preds: Predictions, num_tokens: list[int], source: str, decision
+) -> dict:
+    """The multi-label report: micro/macro-F1, by length, subset accuracy, per label."""
+    labels = preds.labels
+    index = {label: i for i, label in enumerate(labels)}
+    truth = np.zeros((len(examples), len(labels)), dtype=bool)
+    for row, e in enumerate(examples):
+        truth[row, [index[label] for label in e.label_set]] = True
+    decided = preds.decided
+    report = multilabel_report(truth, decided, labels)
+    thresholds = None
+    if decision is not None and decision.multi_label:
+        thresholds = {"kind": decision.kind, "values": [float(t) for t in decision.thresholds]}
+    return {
+        "micro_f1": report["micro_f1"],
+        "macro_f1": report["macro_f1"],
+        "documents": report["documents"],
+        "by_length": multilabel_by_length(truth, decided, num_tokens, labels),
+        "subset_accuracy": report["subset_accuracy"],
+        "per_label": report["per_label"],
+        "labels": labels,
+        "problem": MULTI_LABEL,
+        "thresholds": thresholds,
+        "source": source,
+        "data_hash": data_hash(examples),
+        "predictions": [
+            {
+                "id": e.id,
+                "labels": list(e.label_set),
+                "predicted": [labels[int(k)] for k in np.flatnonzero(row)],
+                "num_tokens": int(n),
+                "num_chunks": int(c),
+                "logits": [round(float(x), 6) for x in logits],
+            }
+            for e, row, n, c, logits in zip(
+                examples, decided, num_tokens, preds.num_chunks, preds.logits, strict=True
+            )
+        ],
+    }
 
 
 def evaluate(
@@ -167,12 +269,15 @@ def evaluate(
         classifier = open_classifier(url=url, **options)
         source, desc = f"{options['protocol']}://{url}", "evaluate (server)"
     check_known_labels(examples, classifier.labels)  # before any compute
+    decision = source_decision(classifier)
+    model_problem = decision.problem if decision is not None else SINGLE_LABEL
+    problem = MULTI_LABEL if MULTI_LABEL in (problem_of(examples), model_problem) else SINGLE_LABEL
     preds = predict(classifier, examples, progress, desc)
     seconds = time.perf_counter() - started
     num_tokens = preds.num_tokens
     if any(n is None for n in num_tokens):  # a source that does not tokenize here
         num_tokens = count_tokens(examples, tokenizer_path)
-    report = build_report(examples, preds, num_tokens, source)
+    report = build_report(examples, preds, num_tokens, source, problem, decision)
     report["seconds"] = round(seconds, 1)
     report["data"] = str(data)
     if output is not None:
@@ -181,17 +286,30 @@ def evaluate(
         output.write_text(json.dumps(report, indent=2) + "\n")
         if plot:
             try:
-                title = f"{source}  accuracy {report['accuracy']:.3f}"
-                plot_confusion(
-                    report["confusion_matrix"], report["labels"], output.with_suffix(".png"), title
-                )
+                plot_report(report, output.with_suffix(".png"))
             except ImportError:
                 pass
     return report
 
 
+def plot_report(report: dict, path: Path) -> None:
+    """The confusion matrix (single-label) or each label's F1 (multi-label)."""
+    if report.get("problem") == MULTI_LABEL:
+        title = f"{report['source']}  micro-F1 {report['micro_f1']:.3f}"
+        plot_per_label_f1(report["per_label"], path, title)
+        return
+    title = f"{report['source']}  accuracy {report['accuracy']:.3f}"
+    plot_confusion(report["confusion_matrix"], report["labels"], path, title)
+
+
 def summary_line(report: dict) -> str:
     long = report["by_length"]["over 2048"]
+    if report.get("problem") == MULTI_LABEL:
+        return (
+            f"{report['documents']} documents: micro-F1 {report['micro_f1']:.4f}, macro-F1 "
+            f"{report['macro_f1']:.4f}, subset accuracy {report['subset_accuracy']:.4f}; over "
+            f"2048 tokens ({long['documents']}): micro-F1 {long['micro_f1']:.4f}"
+        )
     return (
         f"{report['documents']} documents: accuracy {report['accuracy']:.4f}, macro-F1 "
         f"{report['macro_f1']:.4f}; over 2048 tokens ({long['documents']}): accuracy "
@@ -202,7 +320,8 @@ def summary_line(report: dict) -> str:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate",
-        help="accuracy, macro-F1 and confusion matrix of a model on labelled data",
+        help="accuracy, macro-F1 and confusion matrix (multi-label: micro/macro-F1, subset "
+        "accuracy, per label) of a model on labelled data",
         description="Evaluate a checkpoint (PyTorch), an exported repository (onnxruntime) "
         "or a running server on labelled documents.",
     )

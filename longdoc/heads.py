@@ -223,13 +223,14 @@ def window_weights(
     logits are the mean of its contextual window logits). Padded windows weigh 0."""
     mask = chunk_mask.to(chunk_logits.dtype).unsqueeze(-1)  # [B, C, 1]
     if isinstance(aggregator, AttentionHead):
-        return aggregator.attention(vectors, chunk_mask).expand_as(chunk_logits)
+        # broadcast by a product, not expand_as: the exported graph keeps L a fixed dim
+        return aggregator.attention(vectors, chunk_mask) * torch.ones_like(chunk_logits)
     if isinstance(aggregator, LogitsPool) and aggregator.reduce == "max":
         fill = torch.finfo(chunk_logits.dtype).min
         masked = chunk_logits.masked_fill(mask == 0, fill)
         top = (masked == masked.max(dim=1, keepdim=True).values).to(chunk_logits.dtype) * mask
         return top / top.sum(dim=1, keepdim=True).clamp(min=1.0)
-    return (mask / mask.sum(dim=1, keepdim=True).clamp(min=1.0)).expand_as(chunk_logits)
+    return (mask / mask.sum(dim=1, keepdim=True).clamp(min=1.0)) * torch.ones_like(chunk_logits)
 
 
 def make_aggregator(head: str, hidden_size: int, num_labels: int, **options) -> nn.Module:

@@ -3,8 +3,15 @@
 The counting is the libraries': the confusion matrix and per-class precision, recall and F1
 come from scikit-learn, McNemar's exact test from SciPy. What is ours is the report's shape
 (the JSON ``longdoc evaluate`` writes), macro-F1 over the classes present in the data, the
-length buckets and the paired bootstrap. The libraries are imported when a function runs,
-so importing this module (``longdoc --help`` does) stays cheap.
+length buckets and the paired bootstrap.
+
+Multi-label (boolean ``[N, L]`` truth and decisions): micro-F1 (every document-label cell
+counted once), macro-F1 over the labels present in the truth, per-label figures, subset
+accuracy (the exact label set), by length; paired tests on exact matches (McNemar) and a
+paired bootstrap of the micro-F1 difference over documents.
+
+The libraries are imported when a function runs, so importing this module (``longdoc
+--help`` does) stays cheap.
 """
 
 from __future__ import annotations
@@ -120,6 +127,137 @@ def bootstrap_difference(correct_a, correct_b, samples: int = 10_000, seed: int 
         "ci95": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))],
         "p_value": float(min(1.0, 2 * min((diffs <= 0).mean(), (diffs >= 0).mean()))),
     }
+
+
+# --------------------------------------------------------------------------- multi-label
+
+
+def _bool_matrix(values, name: str) -> np.ndarray:
+    matrix = np.asarray(values, dtype=bool)
+    if matrix.ndim != 2:
+        raise ValueError(f"{name}: expected a [documents, labels] matrix (got {matrix.shape})")
+    return matrix
+
+
+def multilabel_report(truth, predicted, labels: list[str]) -> dict:
+    """Micro-F1, macro-F1 (over the labels with a document in ``truth``), subset accuracy
+    and per-label precision/recall/F1/support of boolean ``[N, L]`` label sets.
+
+    An empty label set (no label decided, or none true) is a valid row: it counts as false
+    negatives (or false positives) of its labels and is an exact match only against an empty
+    set. Micro-F1 is 0 where no cell is positive in either (nothing to find, nothing found)."""
+    from sklearn.metrics import f1_score, precision_recall_fscore_support
+
+    truth = _bool_matrix(truth, "truth")
+    predicted = _bool_matrix(predicted, "predicted")
+    if truth.shape != predicted.shape:
+        raise ValueError(f"truth {truth.shape} and predictions {predicted.shape} differ")
+    if truth.shape[1] != len(labels):
+        raise ValueError(f"{truth.shape[1]} label columns for {len(labels)} labels")
+    zero = {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    if not len(truth):
+        return {
+            "documents": 0,
+            "micro_f1": 0.0,
+            "macro_f1": 0.0,
+            "subset_accuracy": 0.0,
+            "per_label": {label: dict(zero) for label in labels},
+        }
+    precision, recall, f1, support = precision_recall_fscore_support(
+        truth, predicted, average=None, zero_division=0.0
+    )
+    micro = f1_score(truth, predicted, average="micro", zero_division=0.0)
+    per_label = {
+        label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+        for label, p, r, f, n in zip(labels, precision, recall, f1, support, strict=True)
+    }
+    present = [c["f1"] for c in per_label.values() if c["support"] > 0]
+    return {
+        "documents": int(len(truth)),
+        "micro_f1": float(micro),
+        "macro_f1": float(np.mean(present)) if present else 0.0,
+        "subset_accuracy": float(exact_match(truth, predicted).mean()),
+        "per_label": per_label,
+    }
+
+
+def multilabel_by_length(truth, predicted, num_tokens, labels: list[str]) -> dict:
+    """:func:`multilabel_report`'s headline figures in each length bucket."""
+    truth = _bool_matrix(truth, "truth")
+    predicted = _bool_matrix(predicted, "predicted")
+    buckets = np.asarray([length_bucket(int(n)) for n in num_tokens])
+    out = {}
+    for name, _, _ in LENGTH_BUCKETS:
+        keep = buckets == name
+        report = multilabel_report(truth[keep], predicted[keep], labels)
+        out[name] = {k: report[k] for k in ("documents", "micro_f1", "macro_f1", "subset_accuracy")}
+    return out
+
+
+def exact_match(truth, predicted) -> np.ndarray:
+    """Per document: whether the decided label set is exactly the true one (what McNemar
+    pairs for multi-label)."""
+    return (_bool_matrix(truth, "truth") == _bool_matrix(predicted, "predicted")).all(axis=1)
+
+
+def _micro_f1_counts(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """``[N, 2]`` per document: true positives and (false positives + false negatives)."""
+    tp = (truth & predicted).sum(axis=1)
+    wrong = (truth ^ predicted).sum(axis=1)
+    return np.stack([tp, wrong], axis=1).astype(np.float64)
+
+
+def _micro_f1_of(counts: np.ndarray) -> np.ndarray:
+    """Micro-F1 from summed counts ``[..., 2]``: 2 TP / (2 TP + FP + FN), 0 where undefined."""
+    tp, wrong = counts[..., 0], counts[..., 1]
+    denominator = 2 * tp + wrong
+    return np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+
+
+def bootstrap_micro_f1_difference(
+    truth, predicted_a, predicted_b, samples: int = 10_000, seed: int = 0
+) -> dict:
+    """Paired bootstrap of micro-F1(a) - micro-F1(b) over documents (the same resampled
+    documents for both): the difference on the data, its 95% interval and a two-sided
+    p-value (twice the smaller share of resamples on either side of 0)."""
+    truth = _bool_matrix(truth, "truth")
+    a = _micro_f1_counts(truth, _bool_matrix(predicted_a, "predicted_a"))
+    b = _micro_f1_counts(truth, _bool_matrix(predicted_b, "predicted_b"))
+    if not len(truth):
+        raise ValueError("no documents to resample")
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(samples)
+    for start in range(0, samples, 1000):  # bounded memory: 1000 resamples at a time
+        idx = rng.integers(0, len(truth), size=(min(1000, samples - start), len(truth)))
+        diffs[start : start + len(idx)] = _micro_f1_of(a[idx].sum(axis=1)) - _micro_f1_of(
+            b[idx].sum(axis=1)
+        )
+    return {
+        "difference": float(_micro_f1_of(a.sum(axis=0)) - _micro_f1_of(b.sum(axis=0))),
+        "ci95": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))],
+        "p_value": float(min(1.0, 2 * min((diffs <= 0).mean(), (diffs >= 0).mean()))),
+    }
+
+
+def plot_per_label_f1(per_label: dict, path, title: str = "") -> None:
+    """Horizontal bars of each label's F1 (the multi-label report's figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(per_label)
+    f1 = [per_label[label]["f1"] for label in labels]
+    fig, ax = plt.subplots(figsize=(6, max(2.5, 0.3 * len(labels) + 1)))
+    ax.barh(range(len(labels)), f1, color="C0")
+    ax.set_yticks(range(len(labels)), [f"{x} ({per_label[x]['support']})" for x in labels])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("F1 (support)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot_confusion(matrix, labels: list[str], path, title: str = "") -> None:

@@ -7,7 +7,8 @@ in-process baseline (the ceiling for the server on the same files).
 
 Repository layout read here (written by `longdoc export`):
 ``chunker/1/{tokenizer.json,chunking.json}``, ``encoder/1/model.onnx``,
-``aggregator/1/model.onnx``, ``labels.txt``.
+``aggregator/1/model.onnx``, ``labels.txt`` and ``decision.json`` (how the logits become
+labels; a repository exported before multi-label has none: single-label).
 
 Torch-free by rule: the portable stubs import this module, and torch would cost each of
 them ~230 MB of resident memory (RELIABILITY.md); tests/test_export.py checks it.
@@ -46,6 +47,7 @@ from longdoc.contract import (
     PROBABILITIES,
     TOKENIZER_FILE,
 )
+from longdoc.decision import load_decision
 from longdoc.machine import serving_int8_kernels
 from longdoc.results import DocumentError, DocumentResult
 
@@ -109,6 +111,8 @@ class OnnxPipeline:
         self.tokenizer = load_tokenizer(repo / CHUNKER / "1" / TOKENIZER_FILE)
         self.chunking = ChunkingConfig.load(repo / CHUNKER / "1" / CHUNKING_FILE)
         self.labels = read_labels(repo / ENSEMBLE / LABELS_FILE)
+        # the rule baked into the aggregator graph (its DECISIONS), as written at export
+        self.decision = load_decision(repo / ENSEMBLE, len(self.labels))
         self.encoder_path = Path(encoder) if encoder else encoder_file(repo / ENCODER / "1")
         self.encoder = make_session(self.encoder_path, threads)
         self.aggregator = make_session(repo / AGGREGATOR / "1" / ONNX_FILE, threads)

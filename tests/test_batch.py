@@ -355,6 +355,9 @@ def assert_reference(rows: dict[str, dict], texts: dict[str, str], names: dict, 
         np.testing.assert_allclose(row["logits"], expected.logits, atol=ATOL)
         assert row["num_chunks"] == expected.num_chunks
         assert row["label"] == pipeline.labels[int(np.argmax(expected.logits))]
+        # the model's own decision and probabilities (the graph's DECISIONS/PROBABILITIES)
+        assert row["labels"] == [pipeline.labels[i] for i in expected.decided]
+        np.testing.assert_allclose(row["probabilities"], expected.probabilities, atol=ATOL)
 
 
 @pytest.fixture(scope="module")
@@ -391,6 +394,8 @@ def test_every_input_kind_through_a_server_with_bad_documents(
         assert needle in rows[names[doc_id]]["error"] and rows[names[doc_id]]["label"] is None
     row = rows[names["doc-1-3"]]
     assert 0 <= row["span_start"] < row["span_end"] <= len(good["doc-1-3"])
+    (expected,) = pipeline.classify([good["doc-1-3"]])
+    assert row["span_chunk"] == expected.best_chunk()  # the top label's largest weight
     manifest = json.loads((out / output.MANIFEST).read_text())
     assert manifest["counts"]["classified"] == len(good) and manifest["complete"]
     assert manifest["counts"]["failed"] == len(BAD) and manifest["model"]["labels"]
@@ -421,6 +426,10 @@ def test_in_process_engine_equals_the_server(archive, repo, servers, ray_local, 
         if a[doc_id]["error"] is None:
             np.testing.assert_allclose(a[doc_id]["logits"], b[doc_id]["logits"], atol=ATOL)
             assert a[doc_id]["num_chunks"] == b[doc_id]["num_chunks"]
+            assert a[doc_id]["labels"] == b[doc_id]["labels"] == [a[doc_id]["label"]]
+            np.testing.assert_allclose(
+                a[doc_id]["probabilities"], b[doc_id]["probabilities"], atol=1e-5
+            )
 
 
 def test_another_model_is_refused(archive, servers, tmp_path, capsys):

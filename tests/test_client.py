@@ -29,6 +29,79 @@ from longdoc import contract, corpus
 # --------------------------------------------------------------------------- units
 
 
+class FakeResponse:
+    """A tritonclient response: ``as_numpy(name)``, None for an output not in it."""
+
+    def __init__(self, outputs: dict) -> None:
+        self.outputs = outputs
+
+    def as_numpy(self, name):
+        return self.outputs.get(name)
+
+
+def _response(probabilities, logits, decisions=None, weights=None):
+    import numpy as np
+
+    names = ["a", "b", "c"]
+    entries = sorted(((p, i) for i, p in enumerate(probabilities)), reverse=True)
+    outputs = {
+        contract.LOGITS: np.asarray(logits, dtype=np.float32),
+        contract.PROBABILITIES: np.array(
+            [f"{p:f}:{i}:{names[i]}".encode() for p, i in entries], dtype=object
+        ),
+        contract.NUM_CHUNKS: np.array([2], dtype=np.int32),
+        contract.TOTAL_CHUNKS: np.array([2], dtype=np.int32),
+        # window 0 scores highest for every label; window 1 weighs most where weights say
+        contract.CHUNK_LOGITS: np.array([[5.0, 5.0, 5.0], [1.0, 1.0, 1.0]], dtype=np.float32),
+        contract.CHUNK_SPANS: np.array([[0, 4], [5, 9]], dtype=np.int64),
+    }
+    if decisions is not None:
+        outputs[contract.DECISIONS] = np.asarray(decisions, dtype=bool)
+    if weights is not None:
+        outputs[contract.CHUNK_WEIGHTS] = np.asarray(weights, dtype=np.float32)
+    return FakeResponse(outputs)
+
+
+def test_answers_give_decided_labels_and_the_heaviest_window():
+    from longdoc.client import cli
+    from longdoc.client.classifier import Classification, _fill
+
+    # multi-label: two labels decided, neither the only one; the weights pick window 1
+    weights = [[0.5, 0.1, 0.5], [0.5, 0.9, 0.5]]
+    multi = Classification(id="m", multi_label=True)
+    _fill(multi, _response([0.7, 0.9, 0.2], [0.8, 2.2, -1.4], [True, True, False], weights))
+    assert multi.label == "b" and multi.labels == ["a", "b"]
+    assert multi.label_names == ["a", "b", "c"] and multi.probabilities["c"] == 0.2
+    assert multi.best_chunk("b") == 1  # largest weight, though window 0 scores higher
+    assert multi.best_chunk("a") == 0  # equal weights: the window's own score decides
+    record = cli.to_record(multi, "abcd efgh", None, explain=True)
+    assert record["labels"] == ["a", "b"] and record["label"] == "b"
+    assert [(e["label"], e["chunk"], e["passage"]) for e in record["explain"]] == [
+        ("a", 0, "abcd"),
+        ("b", 1, "efgh"),
+    ]
+    assert record["explain"][1]["weight"] == pytest.approx(0.9)
+    # none decided: an empty list, and nothing to explain
+    none = Classification(id="n", multi_label=True)
+    _fill(none, _response([0.1, 0.2, 0.3], [-2.0, -1.4, -0.8], [False, False, False], weights))
+    record = cli.to_record(none, "abcd efgh", None, explain=True)
+    assert record["labels"] == [] and record["explain"] == [] and record["label"] == "c"
+    # single-label from a server exported before DECISIONS/CHUNK_WEIGHTS: the argmax, and
+    # the explain object as before (plus its label)
+    old = Classification(id="s")
+    _fill(old, _response([0.2, 0.7, 0.1], [0.1, 1.3, -0.6]))
+    assert old.labels == ["b"] and old.chunk_weights is None and not old.is_multi_label
+    record = cli.to_record(old, b"abcd efgh", 2, explain=True)
+    assert record["labels"] == ["b"] and list(record["probabilities"]) == ["b", "a"]
+    assert record["explain"] == {
+        "chunk": 0,
+        "span": [0, 4],
+        "score": 5.0,
+        "passage": "abcd",
+        "label": "b",
+    }
+
+
 def test_parse_header():
     assert transport.parse_header("admin-key:abc=def") == ("admin-key", "abc=def")
     assert transport.parse_header("X-Trace : 1 2 ") == ("X-Trace", "1 2")
@@ -347,15 +420,14 @@ def test_deadline_not_retried_on_a_real_server(locked, protocol):
             served.url(protocol),
             protocol,
             headers=headers,
-            timeout_s=deadline,
+            timeout_s=60.0,
             retries=4,
             backoff_s=0.01,
         )
-        conn = client._connect()
-        try:  # straight to the document: no metadata call inside the short deadline
-            return await client._infer_one(conn, "slow", text.encode(), len(first.labels))
-        finally:
-            await conn.close()
+        # the session reads the metadata first; the short deadline applies to the document
+        async with client.session() as session:
+            client.timeout_s = deadline
+            return await session.classify_one("slow", text)
 
     before = _settled_ensemble_requests(served)
     result = asyncio.run(once())

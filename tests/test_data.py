@@ -183,3 +183,128 @@ def test_clean_rst_removes_label_giveaways():
     )
     cleaned = data.clean_rst(text)
     assert cleaned == "See  and the bar page in\n"  # the path took its full stop along
+
+
+# --------------------------------------------------------------------------- multi-label
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    return path
+
+
+def test_multi_label_jsonl_and_csv_read_alike(tmp_path):
+    rows = [
+        {"id": "a", "text": "one two", "labels": ["net", "bpf", "net"]},
+        {"id": "b", "text": "three four", "labels": ["sound"]},
+        {"id": "c", "text": "five six", "labels": ["bpf", "sound"]},
+        {"id": "d", "text": "seven", "labels": ["net"]},
+    ]
+    jsonl = _write_jsonl(tmp_path / "d.jsonl", rows)
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_text(
+        "id,text,labels\na,one two,net|bpf|net\nb,three four, sound \n"
+        "c,five six,bpf|sound\nd,seven,net\n"
+    )
+    for path in (jsonl, csv_path):
+        examples = data.read_dataset(path)
+        assert [(e.id, e.labels, e.label) for e in examples] == [
+            ("a", ("bpf", "net"), "bpf|net"),  # duplicates collapsed, sorted
+            ("b", ("sound",), "sound"),
+            ("c", ("bpf", "sound"), "bpf|sound"),
+            ("d", ("net",), "net"),
+        ], path
+        assert data.problem_of(examples) == "multi-label"
+        assert examples[0].label_set == ("bpf", "net")
+        assert data.check_training_labels(examples, str(path)) == ["bpf", "net", "sound"]
+        assert data.read_dataset(path, problem="multi-label") == examples
+
+
+@pytest.mark.parametrize(
+    "rows, line, message",
+    [
+        ([{"text": "a", "label": "x"}, {"text": "b", "labels": ["x"]}], 2, "multi-label .*line 1"),
+        (
+            [{"text": "a", "labels": ["x"]}, {"text": "b", "label": "x"}],
+            2,
+            "single-label .*line 1",
+        ),
+        ([{"text": "a", "labels": ["x"]}, {"text": "b"}], 2, "missing or empty 'label'"),
+        ([{"text": "a", "labels": []}], 1, "'labels' is empty"),
+        ([{"text": "a", "labels": "x"}], 1, "'labels' must be a list"),
+        ([{"text": "a", "labels": ["x", " "]}], 1, "missing or empty label"),
+        ([{"text": "a", "labels": ["x|y"]}], 1, "contains '\\|'"),
+        ([{"text": "a", "label": "x", "labels": ["x"]}], 1, "not both"),
+    ],
+)
+def test_bad_multi_label_rows_name_file_and_line(tmp_path, rows, line, message):
+    path = _write_jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(DataError, match=message) as info:
+        data.read_dataset(path)
+    assert f"{path}:{line}:" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("text,label,labels\na,x,x\n", "both 'label' and 'labels'"),
+        ("text,labels\na,x\nb, \n", "bad.csv:3: empty 'labels'"),
+        ("text,labels\na,x||y\n", "bad.csv:2: 'labels' holds a missing or empty label"),
+    ],
+)
+def test_bad_multi_label_csv(tmp_path, content, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    with pytest.raises(DataError, match=message):
+        data.read_dataset(path)
+
+
+def test_the_problem_asked_for_must_match_the_data(tmp_path):
+    single = _write_jsonl(tmp_path / "single.jsonl", [{"text": "a", "label": "x"}])
+    multi = _write_jsonl(tmp_path / "multi.jsonl", [{"text": "a", "labels": ["x"]}])
+    assert data.read_dataset(single, problem="single-label")[0].labels == ()
+    with pytest.raises(DataError, match="single-label data .* the problem is multi-label") as info:
+        data.read_dataset(single, problem="multi-label")
+    assert str(single) in str(info.value)
+    with pytest.raises(DataError, match="multi-label data .* the problem is single-label"):
+        data.read_dataset(multi, problem="single-label")
+    with pytest.raises(ValueError, match="problem must be one of"):
+        data.read_dataset(multi, problem="multilabel")
+
+
+def test_multi_label_training_and_known_labels(tmp_path):
+    rows = [
+        {"text": "a", "labels": ["x", "y"]},
+        {"text": "b", "labels": ["x"]},
+        {"text": "c", "labels": ["y", "z"]},
+    ]
+    path = _write_jsonl(tmp_path / "train.jsonl", rows)
+    examples = data.read_dataset(path)
+    with pytest.raises(DataError, match="'z' has only one document") as info:
+        data.check_training_labels(examples, str(path))
+    assert f"{path}:3" in str(info.value)
+    one = _write_jsonl(tmp_path / "one.jsonl", [{"text": "a", "labels": ["x"]}] * 2)
+    with pytest.raises(DataError, match="needs at least two labels"):
+        data.check_training_labels(data.read_dataset(one), str(one))
+    test = _write_jsonl(tmp_path / "test.jsonl", [rows[1], {"text": "d", "labels": ["x", "zebra"]}])
+    with pytest.raises(DataError, match="'zebra' is not one the model knows") as info:
+        data.check_known_labels(data.read_dataset(test), ["x", "y", "z"])
+    assert f"{test}:2" in str(info.value)
+    data.check_known_labels(examples, ["x", "y", "z"])
+
+
+def test_data_hash_single_label_unchanged_and_multi_label_counts_labels():
+    single = [
+        data.Example("a", "alpha beta", "x", "f:1"),
+        data.Example("b", "gamma delta", "y", "f:2"),
+        data.Example("c", "eps", "x", "f:3"),
+    ]
+    # the hash the code gave before multi-label existed (caches and records depend on it)
+    assert data.data_hash(single) == (
+        "c406fce4f87fcc3e21bb41f8000150c4be4d4989905a6e3805c4a02838914bc5"
+    )
+    multi = [data.Example("a", "alpha beta", "x|y", "f:1", ("x", "y"))]
+    other = [data.Example("a", "alpha beta", "x|z", "f:1", ("x", "z"))]
+    lookalike = [data.Example("a", "alpha beta", "x|y", "f:1")]  # single-label "x|y"
+    hashes = {data.data_hash(rows) for rows in (multi, other, lookalike)}
+    assert len(hashes) == 3

@@ -38,6 +38,13 @@ def test_tiny_export_parity(export_repo, head, precision):
     assert ChunkingConfig.load(repo / "chunker" / "1" / "chunking.json") == ChunkingConfig()
     labels = (repo / "document_classifier" / "labels.txt").read_text().split()
     assert labels == ["LABEL_0", "LABEL_1", "LABEL_2"]
+    # single-label: the served rule is the argmax, written next to labels.txt and reported
+    decision = json.loads((repo / "document_classifier" / "decision.json").read_text())
+    assert decision == report["decision"] == {"problem": "single-label", "kind": "argmax"}
+    parity = report["parity"]
+    assert parity["problem"] == "single-label" and parity["decisions_agreement"] == 1.0
+    assert parity["max_abs_probabilities"] <= TOLERANCES[precision]
+    assert parity["max_abs_chunk_weights"] <= TOLERANCES[precision]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
@@ -133,9 +140,29 @@ def test_cli_missing_checkpoint(tmp_path):
 
 
 def test_cli_unknown_head(tmp_path):
-    result = run_cli("--preset", "tiny", "--head", "attention", "--output", str(tmp_path))
+    result = run_cli("--preset", "tiny", "--head", "cls-token", "--output", str(tmp_path))
     assert result.returncode == 2
-    assert "attention" in result.stderr and "logits-mean" in result.stderr
+    assert "cls-token" in result.stderr and "logits-mean" in result.stderr
+    assert "attention" in result.stderr  # a valid choice, listed
+
+
+def test_parity_checks_the_decisions_of_the_graph(export_repo):
+    """The parity check compares the graph's DECISIONS with the model's rule: a model whose
+    decision differs from the one baked into the exported aggregator fails it."""
+    from longdoc.export import parity
+
+    from longdoc.checkpoint import load_preset
+    from longdoc.decision import Decision
+
+    repo, _ = export_repo(preset="tiny", head="attention")
+    model = load_preset("tiny", "attention", num_labels=3)
+    texts = parity.parity_texts((25, 300))
+    assert parity.check(model, repo, "fp32", texts).passed
+    # the files answer softmax + argmax; a multi-label rule expects sigmoids and thresholds
+    model.decision = Decision.multi(3, 0.01)
+    result = parity.check(model, repo, "fp32", texts)
+    assert not result.passed and result.decisions_agreement == 0.0
+    assert result.problem == "multi-label" and result.max_abs_probabilities > 0.1
 
 
 def test_cli_overlap_not_below_window(tmp_path):

@@ -856,7 +856,14 @@ def test_aggregator_refuses_nan_inf_and_zero_windows(monkeypatch):
     class Session:
         def run(self, names, feeds):
             n = len(feeds["chunk_vectors"])
-            return [np.zeros(3), np.full(3, 1 / 3), np.zeros((n, 3))]
+            decisions = np.arange(3) == 0
+            return [
+                np.zeros(3),
+                np.full(3, 1 / 3),
+                np.zeros((n, 3)),
+                np.full((n, 3), 1 / n),
+                decisions,
+            ]
 
     aggregator = module.TritonPythonModel()
     aggregator.session = Session()
@@ -973,6 +980,7 @@ def test_classify_dir_reports_refused_files_and_classifies_the_rest(tmp_path, mo
                     ok=True,
                     id=doc_id,
                     label="contract",
+                    labels=["contract"],
                     probabilities=[1.0],
                     top=lambda k: [("contract", 1.0)],
                     num_chunks=1,

@@ -38,8 +38,16 @@ VARIANTS = {
     "gpu": ("gpu", "fp16", False, False, True),  # FP16 parity vs PyTorch, on the CPU EP
     "gpu-tensorrt": ("gpu", "fp16", True, True, True),  # parity of the plain FP32 graph
 }
-CONFIG_TO_ONNX = {"TYPE_INT64": onnx.TensorProto.INT64, "TYPE_FP32": onnx.TensorProto.FLOAT}
-CONFIG_TO_ORT = {"TYPE_INT64": "tensor(int64)", "TYPE_FP32": "tensor(float)"}
+CONFIG_TO_ONNX = {
+    "TYPE_INT64": onnx.TensorProto.INT64,
+    "TYPE_FP32": onnx.TensorProto.FLOAT,
+    "TYPE_BOOL": onnx.TensorProto.BOOL,
+}
+CONFIG_TO_ORT = {
+    "TYPE_INT64": "tensor(int64)",
+    "TYPE_FP32": "tensor(float)",
+    "TYPE_BOOL": "tensor(bool)",
+}
 # Keys the onnxruntime backend accepts for its TensorRT accelerator (src/onnxruntime.cc of
 # triton-inference-server/onnxruntime_backend; anything else fails the model load).
 TRT_KEYS = {
@@ -198,7 +206,13 @@ def test_config_agrees_with_the_onnx_file_it_names(repos, variant, model):
     else:
         outs = session.run(None, {"chunk_vectors": np.zeros((5, NUM_LABELS), np.float32)})
         shapes = dict(zip([o.name for o in session.get_outputs()], [o.shape for o in outs]))
-        assert shapes == {"LOGITS": (3,), "PROBABILITIES": (3,), "CHUNK_LOGITS": (5, 3)}
+        assert shapes == {
+            "LOGITS": (3,),
+            "PROBABILITIES": (3,),
+            "CHUNK_LOGITS": (5, 3),
+            "CHUNK_WEIGHTS": (5, 3),
+            "DECISIONS": (3,),
+        }
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

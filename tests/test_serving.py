@@ -126,9 +126,13 @@ def test_grpc_and_http_agree_and_class_count_names_labels(server_for, documents)
     for a, b in zip(grpc, http):
         np.testing.assert_array_equal(a.logits, b.logits)
         np.testing.assert_array_equal(a.chunk_spans, b.chunk_spans)
-        assert a.labels == b.labels == LABELS
+        assert a.label_names == b.label_names == LABELS
         assert set(a.probabilities) == set(LABELS)
         assert abs(sum(a.probabilities.values()) - 1) < 1e-4
+        # single-label: DECISIONS is the argmax, each window weighs 1/n (the mean head)
+        assert a.labels == b.labels == [a.label] and a.multi_label is False
+        np.testing.assert_array_equal(a.decisions, b.decisions)
+        np.testing.assert_allclose(a.chunk_weights, 1.0 / a.num_chunks, rtol=1e-6)
 
 
 def test_class_count_with_raw_tritonclient(server_for, documents):
@@ -291,6 +295,8 @@ def test_classify_cli(server_for, documents, tmp_path):
     assert good["label"] in LABELS and len(good["probabilities"]) == 2
     assert good["num_chunks"] > 1
     assert good["explain"]["passage"] in documents[2]
+    assert good["labels"] == [good["label"]]  # single-label: the decided label is the top one
+    assert good["explain"]["label"] == good["label"] and "weight" in good["explain"]
 
 
 def test_client_retries_then_reports_unavailable():

@@ -134,3 +134,37 @@ def test_sweep_winner_exports_and_serves(swept, tmp_path, serve):
         [p["logits"] for p in reference["predictions"]],
         atol=1e-4,
     )
+
+
+def test_a_multilabel_sweep_ranks_by_micro_f1(tmp_path):
+    """Multi-label data: the trials record validation micro-F1 and macro-F1 (no accuracy),
+    the table and the CSV show them, --metric micro_f1 ranks; accuracy is refused."""
+    from test_multilabel_training import write_jsonl
+
+    from longdoc.training.sweep import SweepConfig, run_sweep
+
+    train = write_jsonl(tmp_path / "train.jsonl", 28, 1)
+    common = {
+        "train": train,
+        "grid": ["max_length=128 overlap=16 head=mean-pool,logits-max"],
+        "seeds": [0],
+        "preset": "tiny",
+        "cache_dir": tmp_path / "cache",
+        "progress": False,
+    }
+    logged: list[str] = []
+    report = run_sweep(
+        SweepConfig(output=tmp_path / "sweep", metric="micro_f1", **common), log=logged.append
+    )
+    rows = report["rows"]
+    assert len(rows) == 2 and "validation_accuracy" not in rows[0]
+    scores = [(r["validation_micro_f1"], r["validation_macro_f1"]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    assert "micro-F1" in logged[-1] and "accuracy" not in logged[-1].split("\n")[1]
+    with (tmp_path / "sweep" / "sweep.csv").open() as f:
+        header = next(csv.reader(f))
+    assert "validation_micro_f1" in header and "validation_accuracy" not in header
+    winner = json.loads((tmp_path / "sweep" / "winner" / "training.json").read_text())
+    assert winner["problem"] == "multi-label" and winner["decision"]["kind"] == "global"
+    with pytest.raises(ValueError, match="micro_f1 and macro_f1"):
+        run_sweep(SweepConfig(output=tmp_path / "bad", metric="accuracy", **common))

@@ -25,9 +25,11 @@ EPILOG = """inputs (paths or URIs pyarrow reads: s3://, gs://, hdfs://, file://)
   FILE.parquet    columns --id-column and --text-column (also FILE.csv, FILE.tsv)
   FILE.txt        one document; any input may end in .gz, .bz2 or .zst
 
-output (DIR): part-*.parquet (or .jsonl), one row per document: id, label, probabilities
-  and logits (labels.txt order), num_chunks, total_chunks, error (null when classified),
-  span_chunk/span_start/span_end with --explain; and _manifest.json. Rerunning the same
+output (DIR): part-*.parquet (or .jsonl), one row per document: id, label (the top one),
+  labels (the decided ones: every label over its threshold for a multi-label model),
+  probabilities (the model's: softmax or per-label sigmoids) and logits (labels.txt order),
+  num_chunks, total_chunks, error (null when classified), span_chunk/span_start/span_end
+  (the top label's decisive window) with --explain; and _manifest.json. Rerunning the same
   command classifies only the ids not yet written.
 
 examples:

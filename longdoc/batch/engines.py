@@ -2,13 +2,18 @@
 
 Both engines take a reader's table (`inputs.READ_SCHEMA`) and return one result row per
 document (`output.result_schema`); a document that cannot be classified becomes a row with
-its ``error``, never an exception. Probabilities are the softmax of the logits in float32 on
-both paths, so the rows of the two engines compare at full precision.
+its ``error``, never an exception. ``labels`` are the decided labels (the model's
+``DECISIONS``: the argmax for a single-label model, every label over its threshold for a
+multi-label one) and ``probabilities`` the model's own (its ``PROBABILITIES``: softmax, or a
+sigmoid per label): from the aggregator graph in-process, from the server's answer through
+the client (Triton's classification extension prints them with 6 decimals, so the two
+engines' probabilities agree to ~1e-6; logits are exact).
 
 `ServerEngine` is a client of one or more running servers through the client library
 (`DocumentClassifierClient`: its retry rule, its deadline per document, its parsing): one
 connection per server, at most ``concurrency`` documents in flight on each, every document
-sent to the server with the fewest in flight. When a document fails, the server is asked
+sent to the server with the fewest in flight (the client's public per-document API,
+``DocumentClassifierClient.session``). When a document fails, the server is asked
 whether it is still ready: if it is, the failure is the document's (bad input, refused);
 if not, the server is taken out of the rotation (and probed until it answers again) and the
 document goes to another server. With no server left, the batch fails with
@@ -52,12 +57,6 @@ class ServerUnavailable(RuntimeError):
     """No server answered: the batch cannot be classified now (the job stops)."""
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits.astype(np.float64) - np.max(logits)
-    exp = np.exp(shifted)
-    return (exp / exp.sum()).astype(np.float32)
-
-
 def result_row(
     doc_id: str,
     labels: list[str],
@@ -68,11 +67,20 @@ def result_row(
     spans: np.ndarray | None = None,
     error: str | None = None,
     explain: bool = False,
+    probabilities: np.ndarray | None = None,
+    decisions: np.ndarray | None = None,
+    chunk_weights: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """One output row; with ``logits`` None, a failed document."""
+    """One output row; with ``logits`` None, a failed document. ``probabilities`` and
+    ``decisions`` are the model's (labels.txt order; ``decisions`` None: the argmax);
+    ``--explain``'s span is the top label's decisive window (``results.best_chunk``: the
+    largest ``chunk_weights``, ties by the window's score)."""
+    from longdoc.results import best_chunk
+
     row: dict[str, Any] = {
         "id": doc_id,
         "label": None,
+        "labels": None,
         "probabilities": None,
         "logits": None,
         "num_chunks": num_chunks,
@@ -84,13 +92,16 @@ def result_row(
     if logits is None:
         return row
     best = int(np.argmax(logits))
+    if decisions is None:
+        decisions = np.arange(len(logits)) == best
     row.update(
         label=labels[best],
+        labels=[labels[int(i)] for i in np.flatnonzero(np.asarray(decisions, dtype=bool))],
         logits=[float(v) for v in logits],
-        probabilities=[float(v) for v in softmax(logits)],
+        probabilities=[float(v) for v in probabilities],
     )
     if explain and chunk_logits is not None and len(chunk_logits):
-        chunk = int(np.argmax(chunk_logits[:, best]))
+        chunk = best_chunk(chunk_logits, chunk_weights, best)
         row.update(span_chunk=chunk, span_start=int(spans[chunk][0]), span_end=int(spans[chunk][1]))
     return row
 
@@ -105,41 +116,18 @@ def to_table(rows: list[dict[str, Any]], explain: bool) -> pa.Table:
 @dataclass
 class _Server:
     url: str
-    client: Any  # DocumentClassifierClient
-    concurrency: int
-    connection: Any = None
-    num_labels: int = 0
-    gate: asyncio.Semaphore | None = None
+    session: Any  # longdoc.client.classifier.ClientSession: one connection, its own limit
     in_flight: int = 0
     up: bool = True
     probing: bool = False
 
-    async def open(self) -> None:
-        if self.connection is None:
-            self.connection = self.client._connect(self.concurrency)
-            self.gate = asyncio.Semaphore(self.concurrency)
-        if not self.num_labels:
-            self.num_labels = await self.client._with_retries(
-                lambda: self.client._num_labels(self.connection)
-            )
-
     async def classify(self, doc_id: str, data: bytes):
-        """The client library's call for one document (retries, deadline, parsing)."""
-        await self.open()
-        async with self.gate:
-            return await self.client._infer_one(self.connection, doc_id, data, self.num_labels)
+        """The client library's call for one document (retries, deadline, parsing); raises
+        ServerUnavailable when the model's metadata cannot be read (the server is down)."""
+        return await self.session.classify_one(doc_id, data)
 
     async def ready(self) -> bool:
-        try:
-            connection = self.connection or self.client._connect(1)
-            self.connection = connection
-            return bool(
-                await asyncio.wait_for(
-                    connection.is_server_ready(headers=self.client.headers), PROBE_SECONDS
-                )
-            )
-        except Exception:  # refused, reset, timed out: all mean not ready
-            return False
+        return await self.session.ready(PROBE_SECONDS)
 
 
 @dataclass
@@ -161,7 +149,9 @@ class ServerEngine:
         from longdoc.client.classifier import DocumentClassifierClient
 
         self.servers = [
-            _Server(url, DocumentClassifierClient(url, **self.client_kwargs), self.concurrency)
+            _Server(
+                url, DocumentClassifierClient(url, **self.client_kwargs).session(self.concurrency)
+            )
             for url in self.urls
         ]
         self.loop = asyncio.new_event_loop()
@@ -220,6 +210,9 @@ class ServerEngine:
             result.chunk_logits,
             result.chunk_spans,
             explain=self.explain,
+            probabilities=np.asarray([result.probabilities[name] for name in self.labels]),
+            decisions=result.decisions,
+            chunk_weights=result.chunk_weights,
         )
 
     def _take_out(self, server: _Server) -> None:
@@ -251,7 +244,10 @@ def identity_of_servers(urls: list[str], client_kwargs: dict[str, Any]) -> tuple
             continue
         if not result.ok:
             raise UsageError(f"{url} cannot classify the canary text: {result.error}")
-        found = {"labels": result.labels, "canary_logits": [float(v) for v in result.logits]}
+        found = {
+            "labels": result.label_names,
+            "canary_logits": [float(v) for v in result.logits],
+        }
         reason = model and model_mismatch(model, found)
         if reason:
             raise UsageError(f"{url} serves another model than {answered[0]}: {reason}")
@@ -312,6 +308,9 @@ class LocalEngine:
                 out[contract.CHUNK_LOGITS],
                 chunks.spans,
                 explain=self.explain,
+                probabilities=out[contract.PROBABILITIES],
+                decisions=out[contract.DECISIONS],
+                chunk_weights=out[contract.CHUNK_WEIGHTS],
             )
         return to_table(rows, self.explain)
 

@@ -44,11 +44,15 @@ CANARY_RTOL, CANARY_ATOL = 1e-2, 1e-3
 
 
 def result_schema(explain: bool) -> pa.Schema:
-    """The row of one document. ``probabilities`` and ``logits`` follow labels.txt order
-    (the manifest's ``model.labels``); ``span_*``: the decisive window (``--explain``)."""
+    """The row of one document. ``label``: the top label; ``labels``: the decided labels
+    (one for a single-label model; for a multi-label one every label over its threshold,
+    possibly none). ``probabilities`` (the model's: softmax, or a sigmoid per label) and
+    ``logits`` follow labels.txt order (the manifest's ``model.labels``); ``span_*``: the
+    top label's decisive window (``--explain``: the largest window weight)."""
     fields = [
         ("id", pa.string()),
         ("label", pa.string()),
+        ("labels", pa.list_(pa.string())),
         ("probabilities", pa.list_(pa.float32())),
         ("logits", pa.list_(pa.float32())),
         ("num_chunks", pa.int32()),

@@ -13,7 +13,7 @@ Two regimes, one output format:
 Both run the one fit loop of :mod:`.fit` (epochs, history, best state, early stopping).
 The output directory is a checkpoint in exactly the formats ``longdoc export`` reads
 (``BertForSequenceClassification`` for the ``logits-*`` heads; ``BertModel`` + ``head.json``
-+ ``head.safetensors`` for ``mean-pool``/``transformer``; written by
++ ``head.safetensors`` for the other heads; written by
 :func:`longdoc.checkpoint.save_checkpoint`), with the chunking it was trained with in
 ``head.json``. Next to it: ``training.json`` (configuration, per-epoch log, timings, data
 checksums, machine) and ``training.png`` (:mod:`.plots`).
@@ -22,6 +22,10 @@ Optimisation flags left unset take the defaults of the run's regime
 (``config.regime_defaults``: a head on cached vectors gets a budget that converges, end to
 end the fine-tuning schedule); without validation data a stratified slice of the training
 data is held out (``common.holdout_split``); ``training.json`` records both choices.
+
+Multi-label data (label sets; ``problem``) trains a sigmoid per label (binary
+cross-entropy), picks epochs by validation micro-F1 and then chooses the decision
+thresholds on the validation data (``common.choose_decision``), saved as ``decision.json``.
 
 ``baseline="tfidf"`` trains the non-neural whole-text baseline instead (:mod:`.tfidf`).
 The command line is :mod:`.cli` (``longdoc train``); :mod:`.sweep` (``longdoc sweep``)

@@ -18,7 +18,7 @@ from longdoc.cli_options import (
     chunking_from_args,
     config_from_args,
 )
-from longdoc.contract import HEADS, PRESETS
+from longdoc.contract import HEADS, PRESETS, PROBLEMS
 from longdoc.data import DataError
 from longdoc.training.config import (
     AMP_MODES,
@@ -26,6 +26,7 @@ from longdoc.training.config import (
     END_TO_END_DEFAULTS,
     FROZEN_DEFAULTS,
     FROZEN_TRANSFORMER_DEFAULTS,
+    THRESHOLD_CHOICES,
     WINDOW_MODES,
     TrainConfig,
 )
@@ -73,7 +74,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(every choice made, the defaults derived, the per-epoch log).",
     )
     add_data_args(p)
-    p.add_argument("--head", choices=HEADS, default="mean-pool")
+    p.add_argument(
+        "--head",
+        choices=HEADS,
+        default="mean-pool",
+        help="how window vectors become the document's logits (multi-label with a logits-* "
+        "head: logits-max is the natural pooling, a label is present if one window shows it)",
+    )
+    p.add_argument(
+        "--problem",
+        choices=PROBLEMS,
+        help="default: from the data (documents with label sets, JSONL 'labels' or CSV a|b, "
+        "are multi-label: a sigmoid per label); single-label on such data is refused",
+    )
+    p.add_argument(
+        "--thresholds",
+        choices=THRESHOLD_CHOICES,
+        default="global",
+        help="multi-label: one decision threshold for every label, or one per label, chosen "
+        "for micro-F1 on the validation data (0.5 without validation data)",
+    )
     p.add_argument("--baseline", choices=BASELINES, help="TF-IDF + logistic regression instead")
     p.add_argument(
         "--freeze-encoder", action="store_true", help="train the head on cached window vectors"
@@ -138,6 +158,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     h.add_argument("--num-heads", type=int, default=4)
     h.add_argument("--ffn", type=int, help="feed-forward width (default: 4 x hidden)")
     h.add_argument("--max-positions", type=int, default=256)
+    a = p.add_argument_group("attention head (gated attention over the windows)")
+    a.add_argument("--attention-size", type=int, default=128, help="width of its scoring layer")
+    a.add_argument(
+        "--per-label-attention",
+        action="store_true",
+        help="one attention per label (each label weighs its own windows) instead of one shared",
+    )
     p.add_argument(
         "--init-from",
         type=Path,

@@ -8,6 +8,7 @@ from the same head weights and draw their windows and batches the same way.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from longdoc.contract import LOGIT_HEADS
 from longdoc.data import Example
+from longdoc.decision import MULTI_LABEL, Decision, choose_thresholds
 from longdoc.training.config import TrainConfig
 
 
@@ -66,6 +68,75 @@ def label_indices(examples: list[Example], labels: list[str]) -> np.ndarray:
     """Each example's label as its index in ``labels`` (the model's output order)."""
     index = {label: i for i, label in enumerate(labels)}
     return np.asarray([index[e.label] for e in examples])
+
+
+def multi_hot(examples: list[Example], labels: list[str]) -> np.ndarray:
+    """Boolean ``[N, L]``: each example's label set over ``labels`` (a single-label example
+    is a set of one)."""
+    index = {label: i for i, label in enumerate(labels)}
+    out = np.zeros((len(examples), len(labels)), dtype=bool)
+    for row, e in enumerate(examples):
+        out[row, [index[label] for label in e.label_set]] = True
+    return out
+
+
+def targets(examples: list[Example], labels: list[str], problem: str) -> np.ndarray:
+    """What the loss compares the logits with: label indices (single-label) or a float
+    multi-hot ``[N, L]`` (multi-label)."""
+    if problem == MULTI_LABEL:
+        return multi_hot(examples, labels).astype(np.float32)
+    return label_indices(examples, labels)
+
+
+def loss_function(problem: str):
+    """``loss(logits [B, L], target)``: cross-entropy over the softmax (single-label), or
+    a sigmoid per label against the multi-hot target (multi-label, mean over cells)."""
+    import torch
+
+    if problem == MULTI_LABEL:
+        return torch.nn.functional.binary_cross_entropy_with_logits
+    return torch.nn.functional.cross_entropy
+
+
+def predictions(logits: np.ndarray, problem: str) -> np.ndarray:
+    """What an epoch is scored on: argmax indices (single-label) or each label at the
+    default threshold 0.5 (a logit at or over 0) for multi-label."""
+    if problem == MULTI_LABEL:
+        return np.asarray(logits) >= 0.0
+    return np.asarray(logits).argmax(axis=-1)
+
+
+def choose_decision(
+    problem: str,
+    labels: list[str],
+    validation_logits: np.ndarray | None,
+    validation_truth: np.ndarray | None,
+    kind: str,
+    log: Callable[[str], None],
+) -> Decision:
+    """How the trained model's logits become labels. Single-label: the argmax. Multi-label:
+    thresholds chosen on the validation split (``kind`` global or per-label; ``chosen_on``
+    records both candidates' validation micro-F1), or 0.5 for every label without
+    validation data (said in the log)."""
+    if problem != MULTI_LABEL:
+        return Decision()
+    if validation_logits is None or not len(validation_logits):
+        log("multi-label without validation data: every label's threshold is 0.5 (default)")
+        return Decision.multi(len(labels))
+    probabilities = Decision.multi(len(labels)).probabilities(validation_logits)
+    decision = choose_thresholds(probabilities, validation_truth, kind)
+    seen = decision.chosen_on
+    shown = (
+        f"{decision.thresholds[0]:.2f}"
+        if kind == "global"
+        else ", ".join(f"{label} {t:.2f}" for label, t in zip(labels, decision.thresholds))
+    )
+    log(
+        f"thresholds ({kind}, chosen on {seen['documents']} validation documents): {shown}; "
+        f"validation micro-F1 {seen['micro_f1_global']:.3f} global, "
+        f"{seen['micro_f1_per_label']:.3f} per-label"
+    )
+    return decision
 
 
 def sample_windows(n: int, k: int | None, rng: np.random.Generator) -> np.ndarray:
@@ -123,20 +194,56 @@ def stratified_holdout(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(train indices, held-out indices)``: about ``fraction`` of each label's documents
     held out (at least one where a label has two or more, never its last one), so that
-    every class is scored and every class is still trained on."""
+    every class is scored and every class is still trained on.
+
+    Multi-label documents (``Example.labels``) rarely share their exact label set, so they
+    are not grouped by set (most groups would be single documents, never held out): in a
+    seeded random order, a document is held out while each of its labels still has
+    held-out budget (the same per-label share as above) and keeps another document in
+    training."""
     rng = np.random.default_rng(seed)
+    if any(e.labels for e in examples):
+        held = _label_set_holdout(examples, fraction, rng)
+    else:
+        held = _single_label_holdout(examples, fraction, rng)
+    held_set = set(held)
+    train = np.asarray([i for i in range(len(examples)) if i not in held_set], dtype=np.int64)
+    return train, np.asarray(sorted(held), dtype=np.int64)
+
+
+def _share(fraction: float, n: int) -> int:
+    """How many of a label's ``n`` documents to hold out: at least one where it has two or
+    more, never all."""
+    return min(max(round(fraction * n), 1 if n >= 2 else 0), n - 1)
+
+
+def _single_label_holdout(examples: list[Example], fraction: float, rng) -> list[int]:
     by_label: dict[str, list[int]] = {}
     for i, e in enumerate(examples):
         by_label.setdefault(e.label, []).append(i)
     held: list[int] = []
     for label in sorted(by_label):
         members = by_label[label]
-        n = len(members)
-        k = min(max(round(fraction * n), 1 if n >= 2 else 0), n - 1)
-        held.extend(rng.permutation(members)[:k].tolist())
-    held_set = set(held)
-    train = np.asarray([i for i in range(len(examples)) if i not in held_set], dtype=np.int64)
-    return train, np.asarray(sorted(held), dtype=np.int64)
+        held.extend(rng.permutation(members)[: _share(fraction, len(members))].tolist())
+    return held
+
+
+def _label_set_holdout(examples: list[Example], fraction: float, rng) -> list[int]:
+    counts: dict[str, int] = {}
+    for e in examples:
+        for label in e.label_set:
+            counts[label] = counts.get(label, 0) + 1
+    budget = {label: _share(fraction, n) for label, n in counts.items()}
+    in_training = dict(counts)
+    held: list[int] = []
+    for i in rng.permutation(len(examples)).tolist():
+        labels = examples[i].label_set
+        if all(budget[x] > 0 and in_training[x] > 1 for x in labels):
+            held.append(i)
+            for x in labels:
+                budget[x] -= 1
+                in_training[x] -= 1
+    return held
 
 
 def holdout_split(examples: list[Example], fraction: float, seed: int) -> Split:

@@ -11,13 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from longdoc.chunking import ChunkingConfig
-from longdoc.contract import HEADS
+from longdoc.contract import HEADS, PROBLEMS
 
 # "chunks": the serving windows; "head_tail": one window of the first 128 and last tokens
 # (Sun et al. 2019), a baseline only.
 WINDOW_MODES = ("chunks", "head_tail")
 BASELINES = ("tfidf",)
 AMP_MODES = ("auto", "off", "bf16", "fp16")
+# Multi-label: how decision thresholds are chosen on the validation split
+# (``longdoc.decision.choose_thresholds``).
+THRESHOLD_CHOICES = ("global", "per-label")
 
 
 @dataclass
@@ -30,6 +33,8 @@ class TrainConfig:
     encoder: Path | None = None
     preset: str | None = None
     head: str = "mean-pool"
+    problem: str | None = None  # single-label | multi-label; None: what the data holds
+    thresholds: str = "global"  # multi-label: global | per-label, chosen on validation
     baseline: str | None = None  # "tfidf"
     freeze_encoder: bool = False
     window: str = "chunks"
@@ -55,6 +60,8 @@ class TrainConfig:
     num_heads: int = 4
     ffn: int | None = None
     max_positions: int = 256
+    attention_size: int = 128  # attention head: width of its gated scoring layer
+    per_label_attention: bool = False  # attention head: one attention per label
     progress: bool = True
     threads: int = 0  # torch CPU threads (0: 1 for frozen heads, torch's default end to end)
     init_from: Path | None = None  # a `longdoc train` output: start from its head weights
@@ -74,8 +81,11 @@ class TrainConfig:
         return chunking
 
     def head_options(self) -> dict:
-        """The transformer head's sizes (recorded in ``head.json``); nothing for the others.
-        Positions cover ``max_chunks`` so that a capped document fits in one segment."""
+        """The transformer or attention head's sizes (recorded in ``head.json``); nothing
+        for the others. Positions cover ``max_chunks`` so that a capped document fits in one
+        segment."""
+        if self.head == "attention":
+            return {"attention_size": self.attention_size, "per_label": self.per_label_attention}
         if self.head != "transformer":
             return {}
         options = {
@@ -94,6 +104,12 @@ class TrainConfig:
 # early stopping ends it (the ACCURACY.md settings; 10 epochs at 1e-3 left a 19-class head
 # at chance on 159 documents). The transformer head is a 2-layer encoder: 1e-3 keeps it
 # stable. End to end is the usual fine-tuning recipe (encoder 3e-5, warm-up, linear decay).
+# The attention head takes mean-pool's defaults in both regimes: at initialisation its
+# window scores are nearly equal, so it starts as mean-pool (a uniform mean of the window
+# vectors into the same kind of linear classifier) and has the same convex-ish problem to
+# solve first; its gate is one small layer, not the transformer's stack of blocks that
+# needed the lower rate to stay stable. Multi-label runs take the same defaults (a sigmoid
+# per label instead of a softmax changes the loss, not the scale of the problem).
 FROZEN_DEFAULTS = {"lr": 1e-2, "epochs": 60, "patience": 10}
 FROZEN_TRANSFORMER_DEFAULTS = {"lr": 1e-3, "epochs": 60, "patience": 10}
 END_TO_END_DEFAULTS = {"lr": 1e-3, "epochs": 3, "patience": 2}
@@ -136,4 +152,10 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError("--validation-fraction must be in [0, 1)")
     if not 0 <= cfg.warmup < 1:
         raise ValueError("--warmup must be in [0, 1)")
+    if cfg.problem not in (None, *PROBLEMS):
+        raise ValueError(f"--problem must be one of {', '.join(PROBLEMS)}")
+    if cfg.thresholds not in THRESHOLD_CHOICES:
+        raise ValueError(f"--thresholds must be one of {', '.join(THRESHOLD_CHOICES)}")
+    if cfg.attention_size < 1:
+        raise ValueError("--attention-size must be at least 1")
     cfg.chunking_config()

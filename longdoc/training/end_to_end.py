@@ -20,14 +20,19 @@ import numpy as np
 from longdoc.chunking import ChunkingConfig, ChunkingError
 from longdoc.contract import LOGIT_HEADS, WEIGHTS_FILE
 from longdoc.data import DataError, Example
+from longdoc.decision import MULTI_LABEL, SINGLE_LABEL
 from longdoc.training.common import (
     build_head_module,
     encoder_tokenizer,
     epoch_bar,
     label_indices,
+    loss_function,
+    multi_hot,
+    predictions,
     resolve_device,
     sample_windows,
     seed_everything,
+    targets,
 )
 from longdoc.training.config import TrainConfig
 from longdoc.training.fit import Epoch, fit, validation_scores
@@ -187,16 +192,21 @@ def autocast_factory(amp: str, device: str):
     return amp, (lambda: torch.autocast(kind, dtype=dtype)), scaler
 
 
-def predict_end_to_end(model: EndToEndModel, docs: list[Document], autocast) -> np.ndarray:
-    """Predicted label indices, eight documents at a time (eval mode)."""
+def logits_end_to_end(model: EndToEndModel, docs: list[Document], autocast) -> np.ndarray:
+    """Document logits ``[N, L]``, eight documents at a time (eval mode)."""
     import torch
 
     model.train(False)
     out = []
     with torch.no_grad():
         for i in range(0, len(docs), 8):
-            out.append(forward_documents(model, docs[i : i + 8], autocast).argmax(-1).cpu())
+            out.append(forward_documents(model, docs[i : i + 8], autocast).float().cpu())
     return torch.cat(out).numpy()
+
+
+def predict_end_to_end(model: EndToEndModel, docs: list[Document], autocast) -> np.ndarray:
+    """Predicted label indices, eight documents at a time (eval mode)."""
+    return logits_end_to_end(model, docs, autocast).argmax(-1)
 
 
 def _rate(step_times: list[tuple[int, float]]) -> float | None:
@@ -251,9 +261,12 @@ def train_end_to_end(
     val_ex: list[Example],
     labels: list[str],
     log: Callable[[str], None],
+    problem: str = SINGLE_LABEL,
 ) -> dict:
     """Fine-tune encoder and head together; returns the trained ``model`` (best epoch),
-    the history and throughput figures (windows per second per optimizer step)."""
+    the history, the best epoch's validation logits (multi-label thresholds are chosen on
+    them) and throughput figures (windows per second per optimizer step). ``problem``: the
+    loss (softmax cross-entropy, or a sigmoid per label) and the validation scores."""
     import torch
 
     from longdoc.chunking import load_tokenizer
@@ -277,8 +290,10 @@ def train_end_to_end(
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
     scheduler, schedule = warmup_linear_decay(optimizer, total_steps, cfg.warmup)
-    y_train = label_indices(train_ex, labels)
-    y_val = label_indices(val_ex, labels) if val_ex else None
+    y_train = targets(train_ex, labels, problem)
+    truth = multi_hot if problem == MULTI_LABEL else label_indices
+    y_val = truth(val_ex, labels) if val_ex else None
+    loss_of = loss_function(problem)
     rng = np.random.default_rng(cfg.seed)
     steps = windows = 0
     step_times: list[tuple[int, float]] = []
@@ -302,7 +317,7 @@ def train_end_to_end(
             step_windows += sum(len(d[0]) for d in docs)
             logits = forward_documents(model, docs, autocast)
             target = torch.as_tensor(y_train[batch], device=device)
-            loss = torch.nn.functional.cross_entropy(logits, target) / cfg.grad_accum
+            loss = loss_of(logits.float(), target) / cfg.grad_accum
             (scaler.scale(loss) if scaler else loss).backward()
             losses.append(loss.item() * cfg.grad_accum)
             bar.update(1)
@@ -328,7 +343,8 @@ def train_end_to_end(
         return Epoch(losses, steps, stop)
 
     def validate() -> dict:
-        return validation_scores(predict_end_to_end(model, val_docs, autocast), y_val, labels)
+        logits = logits_end_to_end(model, val_docs, autocast)
+        return validation_scores(predictions(logits, problem), y_val, labels)
 
     started = time.perf_counter()
     history = fit(
@@ -343,11 +359,13 @@ def train_end_to_end(
     if checkpointing:
         model.core.gradient_checkpointing_disable()
     model.train(False)
+    val_logits = logits_end_to_end(model, val_docs, autocast) if val_docs else None
     total_w = sum(w for w, _ in step_times)
     total_s = sum(s for _, s in step_times)
     return {
         "model": model,
         "history": history,
+        "validation_logits": val_logits,
         "schedule": schedule,
         "amp": amp,
         "gradient_checkpointing": checkpointing,

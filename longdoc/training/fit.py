@@ -6,10 +6,12 @@ frozen and end-to-end regimes cannot drift apart in what "best epoch" or "patien
 
 * each epoch adds a row to the history: ``epoch``, ``steps`` (optimizer steps so far),
   ``train_loss`` (mean over the epoch's batches), ``seconds`` (since the loop started) and,
-  with validation data, ``validation_accuracy`` and ``validation_macro_f1``;
+  with validation data, ``validation_accuracy`` and ``validation_macro_f1`` (multi-label:
+  ``validation_micro_f1`` and ``validation_macro_f1``, each label decided at 0.5);
 * the best epoch is the one with the highest validation macro-F1 (then accuracy, then the
-  earlier epoch), or without validation data the lowest training loss; its row is marked
-  ``best`` and its state is what the model holds when the loop returns;
+  earlier epoch; multi-label: micro-F1, then macro-F1, then the earlier epoch), or without
+  validation data the lowest training loss; its row is marked ``best`` and its state is
+  what the model holds when the loop returns;
 * with validation data, ``patience`` epochs without a better score stop the run.
 """
 
@@ -23,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from longdoc.metrics import classification_report
+from longdoc.metrics import classification_report, multilabel_report
 
 
 @dataclass
@@ -36,13 +38,19 @@ class Epoch:
 
 
 def validation_scores(pred: np.ndarray, y: np.ndarray, labels: list[str]) -> dict:
-    """The two figures each epoch records and model choice uses."""
+    """The two figures each epoch records and model choice uses: accuracy and macro-F1 of
+    label indices, or for boolean ``[N, L]`` label sets (multi-label) micro- and macro-F1."""
+    if np.asarray(y).ndim == 2:
+        report = multilabel_report(y, pred, labels)
+        return {"micro_f1": report["micro_f1"], "macro_f1": report["macro_f1"]}
     report = classification_report(y, pred, labels)
     return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
 
 
 def score(row: dict) -> tuple:
     """How epochs compare (higher is better)."""
+    if "validation_micro_f1" in row:
+        return (row["validation_micro_f1"], row["validation_macro_f1"], -row["epoch"])
     if "validation_macro_f1" in row:
         return (row["validation_macro_f1"], row["validation_accuracy"], -row["epoch"])
     return (-row["train_loss"],)
@@ -54,6 +62,11 @@ def epoch_line(row: dict) -> str:
     if "validation_accuracy" in row:
         text += (
             f", validation accuracy {row['validation_accuracy']:.3f} "
+            f"macro-F1 {row['validation_macro_f1']:.3f}"
+        )
+    elif "validation_micro_f1" in row:
+        text += (
+            f", validation micro-F1 {row['validation_micro_f1']:.3f} "
             f"macro-F1 {row['validation_macro_f1']:.3f}"
         )
     return text + f" ({row['seconds']:.1f} s)"

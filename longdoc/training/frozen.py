@@ -15,35 +15,47 @@ import numpy as np
 
 from longdoc.contract import LOGIT_HEADS
 from longdoc.data import Example
+from longdoc.decision import MULTI_LABEL, SINGLE_LABEL
 from longdoc.training.common import (
     Split,
     build_head_module,
     epoch_bar,
     label_indices,
     length_batches,
+    loss_function,
+    multi_hot,
+    predictions,
     resolve_device,
     sample_windows,
     seed_everything,
+    targets,
 )
 from longdoc.training.config import TrainConfig
 from longdoc.training.fit import Epoch, fit, validation_scores
 
 
-def predict_vectors(module, vectors: list[np.ndarray], device: str, batch: int = 64) -> np.ndarray:
-    """Predicted label indices of documents given as window vectors (eval mode)."""
+def vector_logits(module, vectors: list[np.ndarray], device: str, batch: int = 64) -> np.ndarray:
+    """Document logits ``[N, L]`` of documents given as window vectors (eval mode)."""
     import torch
 
     from longdoc.heads import pad_batch
 
     module.eval()
-    predictions = []
+    out = []
     with torch.no_grad():
         for i in range(0, len(vectors), batch):
             part = [torch.as_tensor(v, device=device) for v in vectors[i : i + batch]]
             x, mask = pad_batch(part, device)
             logits, _ = module(x.float(), mask)
-            predictions.append(logits.argmax(-1).cpu().numpy())
-    return np.concatenate(predictions) if predictions else np.zeros(0, dtype=np.int64)
+            out.append(logits.float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def predict_vectors(module, vectors: list[np.ndarray], device: str, batch: int = 64) -> np.ndarray:
+    """Predicted label indices of documents given as window vectors (eval mode)."""
+    if not vectors:
+        return np.zeros(0, dtype=np.int64)
+    return vector_logits(module, vectors, device, batch).argmax(-1)
 
 
 def train_frozen(
@@ -52,11 +64,14 @@ def train_frozen(
     split: Split,
     labels: list[str],
     log: Callable[[str], None],
+    problem: str = SINGLE_LABEL,
 ) -> dict:
     """Train the head over cached window vectors; returns the trained ``module`` (on the
-    CPU, best epoch), the history and the run's figures for ``training.json``. Features are
-    computed for the training data as read (``split.pool``) when validation was held out of
-    it, so the cache entry is the one every run on that data shares."""
+    CPU, best epoch), the history, the validation logits of the best epoch (multi-label
+    thresholds are chosen on them) and the run's figures for ``training.json``. Features
+    are computed for the training data as read (``split.pool``) when validation was held
+    out of it, so the cache entry is the one every run on that data shares. ``problem``:
+    the loss (softmax cross-entropy, or a sigmoid per label) and the validation scores."""
     import torch
 
     from longdoc.features import compute_features, feature_chunking, select_features
@@ -92,8 +107,10 @@ def train_frozen(
         feats, train_vec = vectors_of(train_ex)
         val_vec = vectors_of(val_ex)[1] if val_ex else None
     feature_seconds = time.perf_counter() - started
-    y_train = label_indices(train_ex, labels)
-    y_val = label_indices(val_ex, labels) if val_ex else None
+    y_train = targets(train_ex, labels, problem)
+    truth = multi_hot if problem == MULTI_LABEL else label_indices
+    y_val = truth(val_ex, labels) if val_ex else None
+    loss_of = loss_function(problem)
 
     device = resolve_device(cfg.device)
     if device == "cpu":
@@ -120,7 +137,7 @@ def train_frozen(
             x, mask = pad_batch([p.to(device) for p in parts], device)
             logits, _ = module(x, mask)
             target = torch.as_tensor(y_train[batch], device=device)
-            loss = torch.nn.functional.cross_entropy(logits, target)
+            loss = loss_of(logits, target)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -132,7 +149,8 @@ def train_frozen(
         return Epoch(losses, steps)
 
     def validate() -> dict:
-        return validation_scores(predict_vectors(module, val_vec, device), y_val, labels)
+        logits = vector_logits(module, val_vec, device)
+        return validation_scores(predictions(logits, problem), y_val, labels)
 
     train_started = time.perf_counter()
     history = fit(
@@ -145,9 +163,11 @@ def train_frozen(
         log=log,
     )
     module.eval()
+    val_logits = vector_logits(module, val_vec, device) if val_vec else None
     return {
         "module": module.cpu(),
         "history": history,
+        "validation_logits": val_logits,
         "feature_seconds": round(feature_seconds, 1),
         "train_seconds": round(time.perf_counter() - train_started, 2),
         "feature_cache": feats.key,

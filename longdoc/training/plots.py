@@ -1,4 +1,5 @@
-"""``training.png``: loss, and validation accuracy where there is validation data, per epoch.
+"""``training.png``: loss, and validation accuracy (multi-label: micro-F1) where there is
+validation data, per epoch.
 
 The figure is what one looks at first to judge a run (did the loss move, did validation
 peak early); matplotlib is imported only here, and its absence skips the figure.
@@ -21,11 +22,15 @@ def plot_history(history: list[dict], path: Path, title: str) -> None:
     ax.plot(epochs, [r["train_loss"] for r in history], "o-", label="train loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
-    if any("validation_accuracy" in r for r in history):
+    key = next(
+        (k for k in ("validation_accuracy", "validation_micro_f1") if any(k in r for r in history)),
+        None,
+    )
+    if key is not None:
+        name = key.replace("validation_", "validation ").replace("micro_f1", "micro-F1")
         ax2 = ax.twinx()
-        accuracy = [r.get("validation_accuracy") for r in history]
-        ax2.plot(epochs, accuracy, "s-", color="C1", label="validation accuracy")
-        ax2.set_ylabel("validation accuracy")
+        ax2.plot(epochs, [r.get(key) for r in history], "s-", color="C1", label=name)
+        ax2.set_ylabel(name)
         ax2.set_ylim(0, 1)
         fig.legend(loc="upper right")
     ax.set_title(title, fontsize=9)

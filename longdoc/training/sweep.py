@@ -19,6 +19,9 @@ such mapping of lists, or a list of them (the union of their products). Several 
 are a union too: ``--grid "max_length=512 overlap=0,128" --grid "max_length=256
 overlap=64"`` is three points per head. Keys: max_length, overlap, head, max_chunks,
 overflow (default head_tail when max_chunks > 0), strategy, window.
+
+Multi-label data (``longdoc train`` recognises it) is scored by validation micro-F1 and
+macro-F1 instead of accuracy and macro-F1 (``--metric micro_f1`` ranks by the former).
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ from longdoc.contract import HEADS
 from longdoc.training.config import WINDOW_MODES, TrainConfig
 
 DEFAULT_GRID = "max_length=256,512 overlap=64 head=mean-pool,logits-mean,transformer"
-METRICS = ("macro_f1", "accuracy")
+METRICS = ("macro_f1", "accuracy", "micro_f1")
+# The two scores each problem's trials record (``fit.validation_scores``), tie-break order.
+SCORES = {"single-label": ("macro_f1", "accuracy"), "multi-label": ("micro_f1", "macro_f1")}
 WINNER = "winner"
 TRIALS = "trials"
 
@@ -172,10 +177,10 @@ def _trial_config(cfg: SweepConfig, point: Point, seed: int, encoder: Path, outp
     )
 
 
-def _summary(point: Point, trials: list[dict], metric: str) -> dict:
+def _summary(point: Point, trials: list[dict], metric: str, scores=SCORES["single-label"]) -> dict:
     """One table row: the point, and its validation scores' mean and spread over seeds."""
     row: dict = {"point": point.name(), **asdict(point), **point.chunking()}
-    for name in METRICS:
+    for name in scores:
         values = [t[f"validation_{name}"] for t in trials]
         row[f"validation_{name}"] = round(statistics.fmean(values), 4)
         row[f"validation_{name}_std"] = round(statistics.pstdev(values), 4)
@@ -226,13 +231,18 @@ def run_sweep(cfg: SweepConfig, log: Callable[[str], None] = print) -> dict:
             seen.add(placement)
             record = train(tcfg, log=quiet.append, save=cfg.keep_trials)
             best = record["best"]
+            scores = SCORES[record.get("problem", "single-label")]
+            if cfg.metric not in scores:
+                raise ValueError(
+                    f"--metric {cfg.metric}: {record.get('problem', 'single-label')} trials "
+                    f"are scored by {' and '.join(scores)}"
+                )
             trials.append(
                 {
                     "point": point.name(),
                     "seed": seed,
                     "output": str(out),
-                    "validation_accuracy": best["validation_accuracy"],
-                    "validation_macro_f1": best["validation_macro_f1"],
+                    **{f"validation_{name}": best[f"validation_{name}"] for name in scores},
                     "best_epoch": best["epoch"],
                     "epochs_run": len(record["history"]),
                     "train_seconds": record.get("train_seconds", 0.0),
@@ -245,8 +255,12 @@ def run_sweep(cfg: SweepConfig, log: Callable[[str], None] = print) -> dict:
             bar.update(1)
     bar.close()
     key = f"validation_{cfg.metric}"
-    rows = [_summary(p, [t for t in trials if t["point"] == p.name()], cfg.metric) for p in order]
-    rows.sort(key=lambda r: (-r[key], -r[f"validation_{METRICS[1 - METRICS.index(cfg.metric)]}"]))
+    rows = [
+        _summary(p, [t for t in trials if t["point"] == p.name()], cfg.metric, scores)
+        for p in order
+    ]
+    other = next(name for name in scores if name != cfg.metric)
+    rows.sort(key=lambda r: (-r[key], -r[f"validation_{other}"]))
     top = rows[0]
     winner = next(p for p in points if p.name() == top["point"])
     log(

@@ -23,6 +23,8 @@ COLUMNS = (
     "validation_macro_f1_std",
     "validation_accuracy",
     "validation_accuracy_std",
+    "validation_micro_f1",
+    "validation_micro_f1_std",
     "best_seed",
     "windows",
     "feature_seconds",
@@ -31,25 +33,30 @@ COLUMNS = (
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    """One line per grid point, best first."""
+    """One line per grid point, best first (the columns of the scores the rows have: a
+    multi-label sweep has micro-F1 and no accuracy)."""
+    columns = [c for c in COLUMNS if not c.startswith("validation_") or c in rows[0]]
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 
 
 def table_text(rows: list[dict], metric: str) -> str:
     """The ranking as a fixed-width table (mean ± std over seeds, on validation data)."""
+    multi = "validation_micro_f1" in rows[0]
+    first, second = ("micro_f1", "macro_f1") if multi else ("macro_f1", "accuracy")
+    names = {"micro_f1": "micro-F1", "macro_f1": "macro-F1", "accuracy": "accuracy"}
     header = (
-        f"{'rank':>4}  {'point':<40} {'macro-F1':>15} {'accuracy':>15} "
+        f"{'rank':>4}  {'point':<40} {names[first]:>15} {names[second]:>15} "
         f"{'windows':>8} {'train s':>8}"
     )
     lines = [f"validation scores, mean ± std over seeds; ranked by {metric}", header]
     for rank, row in enumerate(rows, 1):
-        f1 = f"{row['validation_macro_f1']:.3f} ± {row['validation_macro_f1_std']:.3f}"
-        acc = f"{row['validation_accuracy']:.3f} ± {row['validation_accuracy_std']:.3f}"
+        a = f"{row[f'validation_{first}']:.3f} ± {row[f'validation_{first}_std']:.3f}"
+        b = f"{row[f'validation_{second}']:.3f} ± {row[f'validation_{second}_std']:.3f}"
         lines.append(
-            f"{rank:>4}  {row['point']:<40} {f1:>15} {acc:>15} "
+            f"{rank:>4}  {row['point']:<40} {a:>15} {b:>15} "
             f"{row['windows']:>8} {row['train_seconds']:>8.1f}"
         )
     return "\n".join(lines)

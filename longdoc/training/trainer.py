@@ -2,9 +2,13 @@
 
 The steps, in order: check the configuration, read the data and its labels, pick the
 encoder (a directory, a seeded preset written to the cache, or MiniLM), run the trainer the
-configuration asks for (frozen, end to end, TF-IDF), save the checkpoint in the format
-``longdoc export`` reads, then write ``training.json`` (configuration, data checksums,
-machine, per-epoch history, timings) and ``training.png``.
+configuration asks for (frozen, end to end, TF-IDF), choose the decision (multi-label: the
+thresholds, on the validation split), save the checkpoint in the format ``longdoc export``
+reads, then write ``training.json`` (configuration, data checksums, machine, per-epoch
+history, timings, decision) and ``training.png``.
+
+The problem comes from the data (label sets make it multi-label: ``data.problem_of``);
+``--problem`` states it, and data of the other kind is refused (``data.read_dataset``).
 """
 
 from __future__ import annotations
@@ -17,8 +21,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 from longdoc.contract import CONFIG_FILE, TOKENIZER_FILE, TRAINING_JSON, TRAINING_PNG
-from longdoc.data import check_known_labels, check_training_labels, data_hash, read_dataset
-from longdoc.training.common import Split, holdout_split
+from longdoc.data import (
+    check_known_labels,
+    check_training_labels,
+    data_hash,
+    problem_of,
+    read_dataset,
+)
+from longdoc.decision import MULTI_LABEL, Decision
+from longdoc.training.common import Split, choose_decision, holdout_split, multi_hot
 from longdoc.training.config import (
     HOLDOUT_SEED,
     TrainConfig,
@@ -87,7 +98,9 @@ def resolve_encoder(encoder: Path | None, preset: str | None, cache_dir: Path, s
     return encoder_dir
 
 
-def _save(cfg: TrainConfig, encoder_dir: Path, labels: list[str], result: dict) -> None:
+def _save(
+    cfg: TrainConfig, encoder_dir: Path, labels: list[str], result: dict, decision: Decision
+) -> None:
     from longdoc.checkpoint import save_checkpoint
     from longdoc.training.common import encoder_tokenizer
 
@@ -102,27 +115,32 @@ def _save(cfg: TrainConfig, encoder_dir: Path, labels: list[str], result: dict) 
         head_module=model.aggregator.cpu() if model is not None else result["module"],
         bert=model.encoder.bert if model is not None else None,
         head_options=cfg.head_options(),
+        decision=decision,
     )
 
 
-def split_data(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[Split, list[str], dict]:
+def split_data(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[Split, list[str], dict, str]:
     """Read the data; without ``--validation`` hold out a stratified slice of ``--train``
-    for early stopping and model choice (said in the log). Returns the split, the labels
-    and what the record says about the validation data."""
-    train_ex = read_dataset(cfg.train)
+    for early stopping and model choice (said in the log). Returns the split, the labels,
+    what the record says about the validation data and the problem (``--problem``, which
+    the data must agree with, or the data's own; multi-label: the labels are the union of
+    the sets, and the validation data must be multi-label too)."""
+    train_ex = read_dataset(cfg.train, cfg.problem)
+    problem = problem_of(train_ex)
     labels = check_training_labels(train_ex, str(cfg.train))
     if cfg.validation:
-        val_ex = read_dataset(cfg.validation)
+        val_ex = read_dataset(cfg.validation, problem)
         check_known_labels(val_ex, labels)
-        return Split(train_ex, val_ex), labels, {"source": "--validation"}
+        return Split(train_ex, val_ex), labels, {"source": "--validation"}, problem
     if cfg.baseline or not cfg.validation_fraction:
         reason = "TF-IDF has no epochs to choose" if cfg.baseline else "--validation-fraction 0"
         log(f"no --validation: no validation data ({reason}); the last epoch is kept")
-        return Split(train_ex, []), labels, {"source": "none", "reason": reason}
+        return Split(train_ex, []), labels, {"source": "none", "reason": reason}, problem
     split = holdout_split(train_ex, cfg.validation_fraction, HOLDOUT_SEED)
     if not split.validation:  # one document per label: nothing can be held out
         log("no --validation, and no label has two documents to hold one out: no validation")
-        return Split(train_ex, []), labels, {"source": "none", "reason": "too few documents"}
+        none = {"source": "none", "reason": "too few documents"}
+        return Split(train_ex, []), labels, none, problem
     log(
         f"no --validation: holding out {len(split.validation)} of {len(train_ex)} training "
         f"documents ({cfg.validation_fraction:.0%} of each label, stratified, seed "
@@ -135,7 +153,7 @@ def split_data(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[Split, lis
         "documents": len(split.validation),
         "ids": [e.id for e in split.validation],
     }
-    return split, labels, choice
+    return split, labels, choice, problem
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print, save: bool = True) -> dict:
@@ -148,13 +166,16 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, save: bool = Tru
         log(f"defaults for this regime: {shown}")
     started = time.perf_counter()
     chunking = cfg.chunking_config()
-    split, labels, validation_choice = split_data(cfg, log)
+    split, labels, validation_choice, problem = split_data(cfg, log)
     train_ex, val_ex = split.train, split.validation
+    if problem == MULTI_LABEL:
+        log(f"multi-label: {len(labels)} labels, a sigmoid per label (binary cross-entropy)")
     train_data = {"path": str(cfg.train), "documents": len(train_ex), "hash": data_hash(train_ex)}
     record: dict = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
         "choices": {"derived": derived, "validation": validation_choice},
         "labels": labels,
+        "problem": problem,
         "data": {"train": train_data},
         "machine": machine(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -173,7 +194,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, save: bool = Tru
         from longdoc.training.tfidf import train_tfidf
 
         record["kind"] = "tfidf"
-        result = train_tfidf(cfg, train_ex, val_ex, labels, log)
+        result = train_tfidf(cfg, train_ex, val_ex, labels, log, problem)
+        decision = result["decision"]
     else:
         from longdoc.features import default_cache_dir, encoder_hash
 
@@ -190,13 +212,24 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, save: bool = Tru
         if cfg.freeze_encoder:
             from longdoc.training.frozen import train_frozen
 
-            result = train_frozen(cfg, encoder_dir, split, labels, log)
+            result = train_frozen(cfg, encoder_dir, split, labels, log, problem)
         else:
             from longdoc.training.end_to_end import train_end_to_end
 
-            result = train_end_to_end(cfg, encoder_dir, train_ex, val_ex, labels, log)
+            result = train_end_to_end(cfg, encoder_dir, train_ex, val_ex, labels, log, problem)
+        val_truth = multi_hot(val_ex, labels) if val_ex else None
+        decision = choose_decision(
+            problem, labels, result.get("validation_logits"), val_truth, cfg.thresholds, log
+        )
         if save:
-            _save(cfg, encoder_dir, labels, result)
+            _save(cfg, encoder_dir, labels, result, decision)
+    # how the decision was made: the argmax (single-label), thresholds chosen on validation
+    # (``chosen_on``: both candidates' validation micro-F1; ``kind``: the one used), or 0.5
+    if not decision.multi_label:
+        chosen = "argmax"
+    else:
+        chosen = "on validation" if decision.chosen_on else "without validation data"
+    record["decision"] = {**decision.to_dict(), "chosen": chosen}
     record["history"] = result["history"]
     record.update({key: result[key] for key in RESULT_KEYS if key in result})
     best = [r for r in result["history"] if r.get("best")] or result["history"][-1:]
