@@ -86,6 +86,16 @@ CMD ["--checkpoint", "/checkpoint", "--precision", "fp16", "--profile", "gpu"]
 # on stdout, no start without an admin key, minutes for bert-large to load (and TensorRT
 # engines to build), 30 s to drain on SIGTERM.
 # ---------------------------------------------------------------------------------------
+FROM nvcr.io/nvidia/tritonserver:24.10-py3 AS argv-secret
+# The library that keeps the admin key out of tritonserver's command line, compiled against
+# the serving image's own C library, in a stage of its own (no compiler in the image).
+# hadolint ignore=DL3008
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+COPY longdoc/server/argv_secret.c /src/argv_secret.c
+RUN gcc -shared -fPIC -O2 -o /argv_secret.so /src/argv_secret.c
+
+# ---------------------------------------------------------------------------------------
 FROM nvcr.io/nvidia/tritonserver:24.10-py3 AS serve-base
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ARG PIP_INDEX_URL
@@ -114,6 +124,10 @@ assert numpy.__version__ == '1.26.4', numpy.__version__" \
     && longdoc serve --help > /dev/null \
     && [ "$(id -u triton-server)" = 1000 ] && [ "$(id -g triton-server)" = 1000 ] \
     && mkdir -p /models /opt/longdoc
+# The admin key never appears in tritonserver's command line (/proc/<pid>/cmdline is
+# readable by every local user): a preloaded constructor hands it over from the
+# environment (longdoc/server/argv_secret.py looks for the library here).
+COPY --from=argv-secret --chmod=0755 /argv_secret.so /opt/longdoc/argv_secret.so
 COPY --chmod=0755 docker/entrypoint.sh /opt/longdoc/entrypoint.sh
 USER 1000:1000
 EXPOSE 8000 8001 8002

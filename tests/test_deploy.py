@@ -110,9 +110,17 @@ def test_shellcheck_finds_nothing_in_the_entrypoint():
 def test_stages_and_default_target():
     froms = [a for _, i, a in dockerfile_instructions() if i == "FROM"]
     stages = [re.search(r"\bAS\s+(\S+)", f, re.IGNORECASE).group(1) for f in froms]
-    assert stages == ["wheel", "export", "serve-base", "serve-bundled", "serve"]
+    assert stages == ["wheel", "export", "argv-secret", "serve-base", "serve-bundled", "serve"]
     # `serve` is last, so `docker build .` gives the server that mounts /models.
     assert froms[-1].split()[0] == "serve-base"
+
+
+def test_the_image_hands_the_admin_key_over_outside_the_command_line():
+    """The serving image carries the argv_secret library where `longdoc serve` looks."""
+    from longdoc.server.argv_secret import IMAGE_LIBRARY
+
+    copies = " ".join(stage_args("serve-base", "COPY"))
+    assert "--from=argv-secret" in copies and str(IMAGE_LIBRARY) in copies
 
 
 def test_every_base_image_is_pinned_and_triton_is_the_tested_release():
@@ -129,8 +137,9 @@ def test_every_base_image_is_pinned_and_triton_is_the_tested_release():
         for _, i, a in dockerfile_instructions()
         if i == "FROM" and a.startswith("nvcr.io/nvidia/tritonserver:")
     ]
-    # 24.10 ships Triton 2.51.0, the version of the nvidia-pytriton server the tests run.
-    assert triton == ["nvcr.io/nvidia/tritonserver:24.10-py3"]
+    # 24.10 ships Triton 2.51.0, the version of the nvidia-pytriton server the tests run;
+    # argv-secret compiles its library against the same image's C library.
+    assert set(triton) == {"nvcr.io/nvidia/tritonserver:24.10-py3"}
 
 
 def project_version() -> str:
@@ -716,13 +725,22 @@ def test_ingress_limits_the_body_and_exposes_inference_only():
 
     max_mb = ChunkingConfig().max_bytes / 1e6
     for name, port, paths in (
-        ("longdoc-http", "http", {"/v2/models/document_classifier/infer", "/v2/health"}),
+        (
+            "longdoc-http",
+            "http",
+            {
+                "/v2/models/document_classifier/infer",
+                "/v2/models/document_classifier",  # metadata: the client's label count
+                "/v2/health",
+            },
+        ),
         (
             "longdoc-grpc",
             "grpc",
             {
                 "/inference.GRPCInferenceService/ModelInfer",
                 "/inference.GRPCInferenceService/ServerReady",
+                "/inference.GRPCInferenceService/ModelMetadata",
             },
         ),
     ):

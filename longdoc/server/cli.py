@@ -340,6 +340,7 @@ def _announce(handle: ServerHandle) -> None:
         ),
         f"  admin    {','.join(handle.restricted)} need the key as HTTP header "
         f"'{ADMIN_HEADER}' or gRPC metadata '{GRPC_ADMIN_HEADER}'; {handle.key.source}",
+        f"  key      {handle.key_protection}",
         "Ctrl-C or SIGTERM stops the server.",
     ]
     print("\n".join(lines), flush=True)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from longdoc.contract import ADMIN_HEADER, GRPC_ADMIN_HEADER
+from longdoc.server.argv_secret import build_library, protect
 from longdoc.server.binary import find_tritonserver, help_text, launch_env
 from longdoc.server.command import apply_allocator, build_command
 from longdoc.server.isolation import child_setup, flags_parsed, has_private_shm, hide_argument
@@ -104,7 +105,10 @@ class ServerHandle:
     restricted: tuple[str, ...] = ADMIN_APIS  # the APIs that need the key
     shm_prefix: str | None = None  # name prefix of the Python backend's /dev/shm regions
     private_shm: bool = False  # tritonserver runs on its own /dev/shm (mount namespace)
-    key_hidden: bool = False  # the key was wiped from /proc/<pid>/cmdline (`hide_argument`)
+    key_hidden: bool = False  # the key is not in /proc/<pid>/cmdline (now)
+    # how: "never in the command line" (argv_secret's preloaded constructor), or "wiped
+    # once the flags were parsed" (`hide_argument`: readable for the first moments)
+    key_protection: str = ""
     stub_pids: set[int] = field(default_factory=set, repr=False)  # every stub seen
 
     @property
@@ -265,6 +269,7 @@ def start_server(options: ServeOptions, *, restart_note: str | None = None) -> S
     env, install_flags = launch_env(binary)
     env = child_env(env)
     allocator = apply_allocator(env, options.allocator)
+    secret_library = build_library()
     log_file = options.log_file()
 
     if options.admin_key is None:
@@ -277,7 +282,7 @@ def start_server(options: ServeOptions, *, restart_note: str | None = None) -> S
     cmd = build_command(
         binary,
         options,
-        key.value,
+        protect(env, key.value, secret_library),
         install_flags=install_flags,
         help_text=help_text(str(binary), env.get("LD_LIBRARY_PATH", "")),
         shm_prefix=shm_prefix,
@@ -324,6 +329,11 @@ def start_server(options: ServeOptions, *, restart_note: str | None = None) -> S
         restricted=restricted,
         shm_prefix=shm_prefix,
         private_shm=has_private_shm(process.pid),
+        key_protection=(
+            "never in the command line (preloaded argv_secret)"
+            if secret_library
+            else "wiped from the command line once parsed (no C compiler for argv_secret)"
+        ),
     )
 
     def alive() -> bool:  # polled while models load: hide the key as soon as flags are read
