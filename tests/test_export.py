@@ -44,7 +44,10 @@ def test_tiny_export_parity(export_repo, head, precision):
     parity = report["parity"]
     assert parity["problem"] == "single-label" and parity["decisions_agreement"] == 1.0
     assert parity["max_abs_probabilities"] <= TOLERANCES[precision]
-    assert parity["max_abs_chunk_weights"] <= TOLERANCES[precision]
+    if head != "logits-max" or precision == "fp32":
+        # logits-max's weights mark the maximum's window (0 or 1): in FP16 a near-tie
+        # between two windows may flip, a difference of 1 with the logits still in bound
+        assert parity["max_abs_chunk_weights"] <= TOLERANCES[precision]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])

@@ -141,8 +141,14 @@ def assert_same(got, exp, head: str) -> None:
     np.testing.assert_allclose(got.logits, exp.logits, atol=ATOL)
     np.testing.assert_allclose(got.chunk_logits, exp.chunk_logits, atol=ATOL)
     np.testing.assert_array_equal(got.chunk_spans, exp.spans)
-    reduce = np.max if head == "logits-max" else np.mean
-    np.testing.assert_allclose(reduce(got.chunk_logits, axis=0), got.logits, atol=1e-5)
+    np.testing.assert_allclose(got.chunk_weights, exp.chunk_weights, atol=ATOL)
+    # the document's logits are the weighted sum of its windows' logits (CHUNK_WEIGHTS: 1/n
+    # for the mean heads, the maximum's window for logits-max, attention for attention)
+    pooled = (got.chunk_weights * got.chunk_logits).sum(axis=0)
+    np.testing.assert_allclose(pooled, got.logits, atol=1e-5)
+    if head != "attention":
+        reduce = np.max if head == "logits-max" else np.mean
+        np.testing.assert_allclose(reduce(got.chunk_logits, axis=0), got.logits, atol=1e-5)
 
 
 def raw_infer(

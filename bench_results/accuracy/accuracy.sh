@@ -3,7 +3,8 @@
 # optimisation flag: 60 epochs at most, patience 10, lr 1e-2 for the linear heads, 1e-3 for
 # the transformer head, derived per regime and recorded in training.json).
 # Usage: STAGE=train|eval|all bench_results/accuracy/accuracy.sh ROWS...  (from the repository root)
-# Rows: truncation head-tail logits-mean logits-max mean-pool transformer tfidf
+# Rows: truncation head-tail logits-mean logits-max mean-pool transformer attention
+#       attention-per-label tfidf
 #       mean-pool-noval (no --validation: a held-out 15% of train scores the epochs)
 #       sweep-caps sweep-chunking (grids, run by `longdoc sweep --keep-trials`; each trial
 #       is then evaluated on the test split like a row)
@@ -50,6 +51,7 @@ for row in "$@"; do
       head-tail)  args="--head mean-pool --window head_tail $CH";;
       tfidf)      args="--baseline tfidf"; [ $seed -gt 0 ] && continue;;
       mean-pool-noval) args="--head mean-pool $CH"; data="--train $D/train";;
+      attention-per-label) args="--head attention --per-label-attention $CH";;
       *)          args="--head $row $CH";;
     esac
     start=$(date +%s)

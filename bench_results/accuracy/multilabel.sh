@@ -4,6 +4,7 @@
 # defaults (no optimisation flag), decision thresholds chosen on the validation split.
 # Usage: STAGE=train|eval|all bench_results/accuracy/multilabel.sh ROWS...  (repository root)
 # Rows: truncation logits-mean logits-max mean-pool transformer attention attention-per-label tfidf
+#       HEAD-per-label-thresholds (HEAD with --thresholds per-label)
 set -u
 D=${D:-runs/kernel-maintainers}; OUT=${OUT:-runs/accuracy-multilabel}; STAGE=${STAGE:-all}
 SEEDS=${SEEDS:-0 1 2}
@@ -16,6 +17,7 @@ for row in "$@"; do
     case $row in
       truncation) args="--head mean-pool --max-length 512 --overlap 128 --max-chunks 1 --overflow head";;
       attention-per-label) args="--head attention --per-label-attention $CH";;
+      *-per-label-thresholds) args="--head ${row%-per-label-thresholds} --thresholds per-label $CH";;
       tfidf) args="--baseline tfidf"; [ $seed -gt 0 ] && continue;;
       *) args="--head $row $CH";;
     esac
