@@ -2,7 +2,13 @@
 # `longdoc batch` against `longdoc classify` on the same server(s) and documents, then the
 # in-process engine. Usage: bench_results/batch/run.sh REPOSITORY [DOCS]
 # Starts two servers on free ports, writes docs.jsonl, prints one line per run.
+# SERVER_CPUS / CLIENT_CPUS (taskset lists, e.g. 0 and 1): pin the servers and the clients
+# (classify, the batch driver and Ray with its workers) apart, so that the comparison is of
+# what each client path gets out of a server, not of how much CPU it takes from it.
 set -euo pipefail
+SRV=(); CLI=()
+[ -n "${SERVER_CPUS:-}" ] && SRV=(taskset -c "$SERVER_CPUS")
+[ -n "${CLIENT_CPUS:-}" ] && CLI=(taskset -c "$CLIENT_CPUS")
 REPO=${1:?model repository}
 DOCS=${2:-300}
 PY=${PY:-.venv/bin/python}
@@ -17,8 +23,8 @@ with open(sys.argv[1], "w") as f:
         f.write(json.dumps({"id": f"d{i}", "text": corpus.document(n, seed=7000 + i)}) + "\n")
 PYEOF
 read -r H1 G1 M1 H2 G2 M2 < <("$PY" -c "from longdoc.server.probe import free_ports; print(*free_ports(6))")
-"$PY" -m longdoc.cli serve --repository "$REPO" --http-port "$H1" --grpc-port "$G1" --metrics-port "$M1" >"$WORK/s1.log" 2>&1 & S1=$!
-"$PY" -m longdoc.cli serve --repository "$REPO" --http-port "$H2" --grpc-port "$G2" --metrics-port "$M2" >"$WORK/s2.log" 2>&1 & S2=$!
+"${SRV[@]}" "$PY" -m longdoc.cli serve --repository "$REPO" --http-port "$H1" --grpc-port "$G1" --metrics-port "$M1" >"$WORK/s1.log" 2>&1 & S1=$!
+"${SRV[@]}" "$PY" -m longdoc.cli serve --repository "$REPO" --http-port "$H2" --grpc-port "$G2" --metrics-port "$M2" >"$WORK/s2.log" 2>&1 & S2=$!
 until curl -fs "127.0.0.1:$H1/v2/health/ready" && curl -fs "127.0.0.1:$H2/v2/health/ready"; do sleep 2; done
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 rate() {  # label, seconds, jsonl-or-dir
@@ -39,13 +45,13 @@ PYEOF
 "$PY" -m longdoc.cli classify "$WORK/docs.jsonl" --url "127.0.0.1:$G1" --no-progress >/dev/null 2>&1 || true
 "$PY" -m longdoc.cli classify "$WORK/docs.jsonl" --url "127.0.0.1:$G2" --no-progress >/dev/null 2>&1 || true
 t0=$(date +%s.%N)
-"$PY" -m longdoc.cli classify "$WORK/docs.jsonl" --url "127.0.0.1:$G1" --concurrency 8 --no-progress >"$WORK/classify.jsonl"
+"${CLI[@]}" "$PY" -m longdoc.cli classify "$WORK/docs.jsonl" --url "127.0.0.1:$G1" --concurrency 8 --no-progress >"$WORK/classify.jsonl"
 rate "classify, 1 server, concurrency 8" "$(echo "$(date +%s.%N) - $t0" | bc)" "$WORK/classify.jsonl"
 for run in "1:--url 127.0.0.1:$G1" "2:--url 127.0.0.1:$G1 --url 127.0.0.1:$G2" "local:--repository $REPO --num-cpus 2"; do
   name=${run%%:*}; flags=${run#*:}
   t0=$(date +%s.%N)
   # shellcheck disable=SC2086
-  "$PY" -m longdoc.cli batch "$WORK/docs.jsonl" $flags --output "$WORK/out-$name" --no-progress 2>"$WORK/batch-$name.log" || true
+  "${CLI[@]}" "$PY" -m longdoc.cli batch "$WORK/docs.jsonl" $flags --output "$WORK/out-$name" --no-progress 2>"$WORK/batch-$name.log" || true
   rate "batch $name (wall, Ray start included)" "$(echo "$(date +%s.%N) - $t0" | bc)" "$WORK/out-$name"
   grep "classified" "$WORK/batch-$name.log" | sed "s/^/  batch $name own count: /"
 done
