@@ -35,6 +35,7 @@ import numpy as np
 from longdoc.client import transport
 
 from longdoc import contract
+from longdoc.decision import Decision
 from longdoc.results import DocumentError, DocumentResult, best_chunk
 
 MODEL = contract.ENSEMBLE
@@ -168,9 +169,10 @@ class DocumentClassifierClient:
             raise RuntimeError(f"model {self.model} has no {contract.LOGITS} output")
         return shapes
 
-    async def _multi_label(self, client) -> bool | None:
-        """The problem named in the model's config (``contract.PARAM_DECISION``); None where the
-        config cannot be read (restricted API, an export without the parameter)."""
+    async def _served_decision(self, client) -> Decision | None:
+        """The decision rule named in the model's config (``contract.PARAM_DECISION``: the
+        problem and the thresholds behind DECISIONS); None where the config cannot be read
+        (restricted API, an export without the parameter)."""
         import json
 
         try:
@@ -182,9 +184,22 @@ class DocumentClassifierClient:
                 config = MessageToDict(config, preserving_proto_field_name=True)
             config = config.get("config", config)
             value = config["parameters"][contract.PARAM_DECISION]["string_value"]
-            return json.loads(value)["problem"] == "multi-label"
+            return Decision.from_dict(json.loads(value))
         except Exception:
             return None
+
+    def served_decision(self) -> Decision | None:
+        """The served model's decision rule (``longdoc.decision.Decision``), read from its
+        config; None where the model-config API is restricted or the export predates it."""
+
+        async def ask() -> Decision | None:
+            connection = self._connect(1)
+            try:
+                return await self._served_decision(connection)
+            finally:
+                await connection.close()
+
+        return asyncio.run(ask())
 
     def _request(self, text: bytes, shapes: dict[str, list[int]]):
         module = self._module()
@@ -324,7 +339,8 @@ class ClientSession:
             if self._shapes is None:
                 client = self.client
                 shapes = await client._with_retries(lambda: client._output_shapes(connection))
-                self._multi_label = await client._multi_label(connection)
+                decision = await client._served_decision(connection)
+                self._multi_label = None if decision is None else decision.multi_label
                 self._shapes = shapes
         return self
 
@@ -376,6 +392,15 @@ class ServerClassifier:
         self.client = DocumentClassifierClient(url, **client_options)
         self.concurrency = concurrency
         self._labels: list[str] | None = None
+        self._decision: Decision | None = None
+
+    @property
+    def decision(self) -> Decision | None:
+        """The served decision rule (problem, thresholds), from the model's config; None
+        where it cannot be read (then each answer's DECISIONS still decides)."""
+        if self._decision is None:
+            self._decision = self.client.served_decision()
+        return self._decision
 
     @property
     def labels(self) -> list[str]:

@@ -309,6 +309,7 @@ def test_checkpoint_repository_and_server_decide_the_same(toy, tmp_path, serve):
     }
     assert torch_report["thresholds"]["kind"] == "per-label"
     assert reports["onnxruntime"]["thresholds"] == torch_report["thresholds"]
+    assert reports["server"]["thresholds"] == torch_report["thresholds"]
     for name, report in reports.items():
         assert report["problem"] == "multi-label", name
         assert [p["predicted"] for p in report["predictions"]] == [
