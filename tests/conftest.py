@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -262,3 +263,30 @@ def serve(tmp_path_factory):
             served.process.send_signal(signal.SIGTERM)
     for served in started:
         served.stop()
+
+
+def build_linux_doc_deb(directory: Path, files: dict[str, bytes]) -> Path:
+    """A real .deb in the layout of Debian's linux-doc-6.1: ``files`` maps paths under
+    ``usr/share/doc/linux-doc-6.1/`` to their bytes (skips the test without dpkg-deb)."""
+    import shutil
+
+    if not shutil.which("dpkg-deb"):
+        pytest.skip("dpkg-deb is not installed")
+    root = Path(directory) / "linux-doc-6.1_0.0-1_all"
+    doc = root / "usr" / "share" / "doc" / "linux-doc-6.1"
+    for rel, content in files.items():
+        target = doc / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text(
+        "Package: linux-doc-6.1\nVersion: 0.0-1\nArchitecture: all\n"
+        "Maintainer: tests <tests@example.invalid>\nDescription: fixture\n"
+    )
+    out = root.with_suffix(".deb")
+    subprocess.run(
+        ["dpkg-deb", "--build", "--root-owner-group", str(root), str(out)],
+        check=True,
+        capture_output=True,
+    )
+    return out

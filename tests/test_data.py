@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import build_linux_doc_deb
 
 from longdoc import data
 from longdoc.data import DataError
@@ -19,26 +18,11 @@ FIXTURE = Path(__file__).parent / "fixtures" / "kernel_docs" / "Documentation"
 @pytest.fixture(scope="module")
 def deb(tmp_path_factory) -> Path:
     """A real .deb in the layout of linux-doc-6.1, built from the fixture tree."""
-    if not shutil.which("dpkg-deb"):
-        pytest.skip("dpkg-deb is not installed")
-    root = tmp_path_factory.mktemp("pkg") / "linux-doc-6.1_0.0-1_all"
-    docs = root / "usr" / "share" / "doc" / "linux-doc-6.1" / "Documentation"
-    for src in sorted(FIXTURE.rglob("*.rst")):
-        target = docs / (str(src.relative_to(FIXTURE)) + ".gz")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(gzip.compress(src.read_bytes(), mtime=0))
-    (root / "DEBIAN").mkdir(parents=True)
-    (root / "DEBIAN" / "control").write_text(
-        "Package: linux-doc-6.1\nVersion: 0.0-1\nArchitecture: all\n"
-        "Maintainer: tests <tests@example.invalid>\nDescription: fixture\n"
-    )
-    out = root.with_suffix(".deb")
-    subprocess.run(
-        ["dpkg-deb", "--build", "--root-owner-group", str(root), str(out)],
-        check=True,
-        capture_output=True,
-    )
-    return out
+    files = {
+        f"Documentation/{src.relative_to(FIXTURE)}.gz": gzip.compress(src.read_bytes(), mtime=0)
+        for src in sorted(FIXTURE.rglob("*.rst"))
+    }
+    return build_linux_doc_deb(tmp_path_factory.mktemp("pkg"), files)
 
 
 def test_corpus_builder_labels_cleans_dedups_and_splits(deb, tmp_path):

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import build_linux_doc_deb
 
 from longdoc import data, maintainers
 from longdoc.maintainers import Entry, Matcher, parse_maintainers, pattern_matches
@@ -167,27 +166,9 @@ def test_collect_labels_drops_broad_and_small_entries(tmp_path):
 @pytest.fixture(scope="module")
 def deb(tmp_path_factory) -> Path:
     """A real .deb in the layout of linux-doc-6.1: the fixture tree and MAINTAINERS.gz."""
-    if not shutil.which("dpkg-deb"):
-        pytest.skip("dpkg-deb is not installed")
-    root = tmp_path_factory.mktemp("pkg") / "linux-doc-6.1_0.0-1_all"
-    doc = root / "usr" / "share" / "doc" / "linux-doc-6.1"
-    for rel, gz in _members():
-        target = doc / "Documentation" / (rel + ".gz")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(gz)
-    (doc / "MAINTAINERS.gz").write_bytes(gzip.compress(MAINTAINERS.encode(), mtime=0))
-    (root / "DEBIAN").mkdir(parents=True)
-    (root / "DEBIAN" / "control").write_text(
-        "Package: linux-doc-6.1\nVersion: 0.0-1\nArchitecture: all\n"
-        "Maintainer: tests <tests@example.invalid>\nDescription: fixture\n"
-    )
-    out = root.with_suffix(".deb")
-    subprocess.run(
-        ["dpkg-deb", "--build", "--root-owner-group", str(root), str(out)],
-        check=True,
-        capture_output=True,
-    )
-    return out
+    files = {f"Documentation/{rel}.gz": gz for rel, gz in _members()}
+    files["MAINTAINERS.gz"] = gzip.compress(MAINTAINERS.encode(), mtime=0)
+    return build_linux_doc_deb(tmp_path_factory.mktemp("pkg"), files)
 
 
 def test_cli_builds_jsonl_splits_with_a_stable_checksum(deb, tmp_path):
