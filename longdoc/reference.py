@@ -64,24 +64,30 @@ def _pad_to(chunks: Chunks, length: int, pad_id: int) -> Chunks:
     return Chunks(ids, mask, chunks.spans, chunks.num_tokens, chunks.truncated, chunks.total_chunks)
 
 
-def document_result(
-    model: LoadedModel, vectors: torch.Tensor, mask: torch.Tensor, row: int, n: int
-) -> DocumentResult:
-    """Row ``row`` of an aggregator batch as a result (its first ``n`` windows): the logits,
-    the decision rule's probabilities and labels, each window's logits and weight."""
+def document_results(
+    model: LoadedModel, vectors: torch.Tensor, mask: torch.Tensor, counts: list[int]
+) -> list[DocumentResult]:
+    """One aggregator call over a padded batch, as one result per row (row ``i`` has
+    ``counts[i]`` windows): the logits, the decision rule's probabilities and labels, each
+    window's logits and weight."""
     from longdoc.heads import window_weights
 
     logits, chunk_logits = model.aggregator(vectors, mask)
     weights = window_weights(model.aggregator, vectors, mask, chunk_logits)
-    out = logits[row].float().numpy()
-    return DocumentResult(
-        logits=out,
-        probabilities=model.decision.probabilities(out),
-        chunk_logits=chunk_logits[row, :n].float().numpy(),
-        spans=np.zeros((n, 2), dtype=np.int64),
-        chunk_weights=weights[row, :n].float().numpy(),
-        decisions=model.decision.decide(out),
-    )
+    results = []
+    for row, n in enumerate(counts):
+        out = logits[row].float().numpy()
+        results.append(
+            DocumentResult(
+                logits=out,
+                probabilities=model.decision.probabilities(out),
+                chunk_logits=chunk_logits[row, :n].float().numpy(),
+                spans=np.zeros((n, 2), dtype=np.int64),
+                chunk_weights=weights[row, :n].float().numpy(),
+                decisions=model.decision.decide(out),
+            )
+        )
+    return results
 
 
 class ReferenceClassifier:
@@ -158,7 +164,7 @@ class ReferenceClassifier:
                 raise DocumentError(index, str(exc)) from exc
             vectors = encode_chunks(self.model, chunks, self.batch_size).unsqueeze(0)
             mask = torch.ones(vectors.shape[:2], dtype=torch.int64)
-            result = document_result(self.model, vectors, mask, 0, chunks.num_chunks)
+            (result,) = document_results(self.model, vectors, mask, [chunks.num_chunks])
             result.spans = chunks.spans
             result.num_tokens = chunks.num_tokens
             result.total_chunks = chunks.total_chunks or chunks.num_chunks
@@ -209,12 +215,10 @@ class CachedFeatureClassifier:
             x, mask = pad_batch(part, "cpu")
             if logit_head:
                 x = self.model.encoder.bert.classifier(x)
-            for row, v in enumerate(part):
-                result = document_result(
-                    self.model, x[row : row + 1], mask[row : row + 1], 0, len(v)
-                )
+            batch = document_results(self.model, x, mask, [len(v) for v in part])
+            for row, result in enumerate(batch):
                 result.num_tokens = int(feats.num_tokens[start + row])
-                results.append(result)
+            results += batch
         return results
 
 
